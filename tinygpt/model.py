@@ -1,0 +1,174 @@
+"""The GPT of the seed's steps 8-12: attention heads, feed-forward, blocks, and the model.
+
+Read top to bottom: KVCache -> MultiHeadAttention (step 8 and 9) -> FeedForward (10)
+-> Block (11) -> GPT (12). Sampling lives in `tinygpt.generate`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tinygpt.config import GPTConfig
+
+
+class KVCache(nn.Module):
+    """Keys and values of the tokens seen so far, so each new token costs one position, not T."""
+
+    def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int) -> None:
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_size)
+        self.register_buffer("k", torch.zeros(shape), persistent=False)
+        self.register_buffer("v", torch.zeros(shape), persistent=False)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v at positions pos.. and return everything cached up to them."""
+        end = pos + k.size(2)
+        self.k[:, :, pos:end] = k
+        self.v[:, :, pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+class MultiHeadAttention(nn.Module):
+    """Causal self-attention: n_head heads of size N/n_head, then a projection back to N.
+
+    The seed's `Head` (step 8) computes, per head, softmax(mask(q k^T / sqrt(H))) v. Here every head
+    is computed at once: one matmul makes all keys, queries and values, and
+    `scaled_dot_product_attention` applies the causal mask and softmax for all heads together.
+    Concatenating the heads (step 9) is the transpose + reshape at the end.
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+        B, T, N = x.shape
+        q, k, v = self.qkv(x).split(N, dim=2)
+        # (B, T, N) -> (B, n_head, T, head_size)
+        q, k, v = (t.view(B, T, self.n_head, N // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if input_pos is not None:
+            if self.kv_cache is None:
+                raise RuntimeError("call GPT.setup_cache() before decoding with input_pos")
+            if T > 1 and input_pos != 0:
+                raise ValueError("multi-token steps must start at position 0 (prefill)")
+            k, v = self.kv_cache.update(input_pos, k, v)
+        # A single new token may look at every cached position, so it needs no mask.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = y.transpose(1, 2).contiguous().view(B, T, N)
+        return self.dropout(self.proj(y))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: N -> 4N, ReLU, 4N -> N."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd),
+            nn.ReLU(),
+            nn.Linear(4 * config.n_embd, config.n_embd),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: communicate (attention), then compute (feed-forward)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd)
+        self.attn = MultiHeadAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd)
+        self.ffwd = FeedForward(config)
+
+    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), input_pos)
+        x = x + self.ffwd(self.ln2(x))
+        return x
+
+
+class GPT(nn.Module):
+    """Token + position embeddings, L blocks, a final LayerNorm and a linear map to the vocabulary."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size == 0:
+            raise ValueError("config.vocab is empty: build it from the corpus first")
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.apply(self._init_weights)
+        # Each residual branch adds to the stream; scale their output layers down so the
+        # stream's variance does not grow with depth (GPT-2's initialisation).
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.proj.weight, std=residual_std)
+            nn.init.normal_(block.ffwd.net[2].weight, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        input_pos: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, C), and the mean cross-entropy if targets are given.
+
+        With `input_pos` (after `setup_cache`) idx holds the tokens at positions input_pos.., and
+        attention also sees the cached keys and values of the positions before them.
+        """
+        B, T = idx.shape
+        start = input_pos or 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.dropout(self.token_embedding(idx) + self.position_embedding(pos))
+        for block in self.blocks:
+            x = block(x, input_pos)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    def setup_cache(self, batch_size: int = 1) -> None:
+        """Give every attention layer a KV cache as long as the context."""
+        c = self.config
+        device = self.lm_head.weight.device
+        for block in self.blocks:
+            block.attn.kv_cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size).to(device)
+
+    def configure_optimizer(self) -> torch.optim.AdamW:
+        """AdamW (seed step 14), with weight decay on matrices only."""
+        c = self.config
+        decay = [p for n, p in self.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+        no_decay = [p for n, p in self.named_parameters() if p.dim() < 2 or "embedding" in n]
+        groups = [
+            {"params": decay, "weight_decay": c.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))

@@ -1,0 +1,72 @@
+"""Train a character-level GPT on a text file.
+
+    python train.py                         # the shipped recipe, on data/tinyshakespeare.txt
+    python train.py --data my.txt --out runs/mine --max-iters 2000
+    python train.py --resume                # continue from OUT/checkpoint
+    torchrun --nproc-per-node 4 train.py    # data-parallel over 4 processes (GPUs or CPU)
+
+Every hyperparameter of tinygpt.config.GPTConfig is a flag; defaults are the shipped recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import fields
+
+from tinygpt.checkpoint import WEIGHTS_DIR
+from tinygpt.config import GPTConfig
+from tinygpt.data import DEFAULT_DATA
+from tinygpt.training import train
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 text file to train on")
+    parser.add_argument("--out", default=str(WEIGHTS_DIR), help="where model.safetensors, config.json and the log go")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
+    parser.add_argument("--checkpoint-interval", type=int, default=500, help="steps between resumable checkpoints")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations still print)")
+    hyper = parser.add_argument_group("hyperparameters (tinygpt.config.GPTConfig)")
+    for field in fields(GPTConfig):
+        if field.name == "vocab":  # comes from the corpus
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        if field.type in (bool, "bool"):
+            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            kind = {"int": int, "float": float}[field.type if isinstance(field.type, str) else field.type.__name__]
+            hyper.add_argument(flag, type=kind, default=field.default, metavar=kind.__name__.upper())
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        config = GPTConfig(**{f.name: getattr(args, f.name) for f in fields(GPTConfig) if f.name != "vocab"})
+        summary = train(
+            config,
+            args.data,
+            args.out,
+            device=args.device,
+            resume=args.resume,
+            checkpoint_interval=args.checkpoint_interval,
+            progress_bar=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if summary.get("val_loss") is not None:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
