@@ -83,8 +83,13 @@ def load_training_state(
     optimizer.load_state_dict(opt_state)
     generator.set_state(tensors["rng.batches"])
     torch.set_rng_state(tensors["rng.torch"])
-    return json.loads((path / "meta.json").read_text())
+    return training_meta(path)
 
 
 def has_training_state(path: str | Path) -> bool:
     return (Path(path) / "state.safetensors").is_file() and (Path(path) / "meta.json").is_file()
+
+
+def training_meta(path: str | Path) -> dict:
+    """The JSON half of a training checkpoint: step, elapsed seconds and the config it was made with."""
+    return json.loads((Path(path) / "meta.json").read_text())

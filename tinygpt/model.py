@@ -1,12 +1,13 @@
 """The GPT of the seed's steps 8-12: attention heads, feed-forward, blocks, and the model.
 
-Read top to bottom: KVCache -> MultiHeadAttention (step 8 and 9) -> FeedForward (10)
--> Block (11) -> GPT (12). Sampling lives in `tinygpt.generate`.
+Read top to bottom: KVCache -> MultiHeadAttention (steps 8 and 9) -> FeedForward (10)
+-> Block (11) -> GPT (12) with its `generate`. Text in, text out lives in `tinygpt.generate`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -141,7 +142,7 @@ class GPT(nn.Module):
         With `input_pos` (after `setup_cache`) idx holds the tokens at positions input_pos.., and
         attention also sees the cached keys and values of the positions before them.
         """
-        B, T = idx.shape
+        T = idx.size(1)
         start = input_pos or 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} exceeds block_size {self.config.block_size}")
@@ -162,6 +163,47 @@ class GPT(nn.Module):
         for block in self.blocks:
             block.attn.kv_cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size).to(device)
 
+    @torch.inference_mode()
+    def stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield max_new_tokens sampled tokens (B, 1), one at a time, continuing idx (B, T).
+
+        The model only ever sees the last block_size tokens. Within that window each new token
+        costs one cached step (prefill once, then decode); once the window slides, every position
+        shifts, so the window is recomputed from scratch: same function, just slower.
+        """
+        T = self.config.block_size
+        context = idx[:, -T:]
+        self.setup_cache(idx.size(0))
+        logits = self(context, input_pos=0)[0][:, -1]  # prefill
+        for i in range(max_new_tokens):
+            token = sample_next(logits, temperature, generator)
+            yield token
+            if i == max_new_tokens - 1:
+                break
+            context = torch.cat([context, token], dim=1)
+            if context.size(1) <= T:
+                logits = self(token, input_pos=context.size(1) - 1)[0][:, -1]  # decode
+            else:
+                context = context[:, -T:]
+                logits = self(context, input_pos=0)[0][:, -1]
+
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens)."""
+        new = list(self.stream(idx, max_new_tokens, temperature, generator))
+        return torch.cat([idx, *new], dim=1)
+
     def configure_optimizer(self) -> torch.optim.AdamW:
         """AdamW (seed step 14), with weight decay on matrices only."""
         c = self.config
@@ -172,3 +214,11 @@ class GPT(nn.Module):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
+
+
+def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)

@@ -1,0 +1,111 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT, sample_next
+
+
+def test_shapes_and_loss(tiny_model, tiny_config):
+    idx = torch.randint(tiny_config.vocab_size, (3, tiny_config.block_size))
+    logits, loss = tiny_model(idx)
+    assert logits.shape == (3, tiny_config.block_size, tiny_config.vocab_size)
+    assert loss is None
+    _, loss = tiny_model(idx, targets=idx)
+    # Freshly initialised, the model is close to uniform over the vocabulary.
+    assert loss.shape == () and abs(loss.item() - math.log(tiny_config.vocab_size)) < 0.1
+
+
+def test_sequence_longer_than_context_is_refused(tiny_model, tiny_config):
+    with pytest.raises(ValueError, match="block_size"):
+        tiny_model(torch.zeros(1, tiny_config.block_size + 1, dtype=torch.long))
+
+
+def test_causality_later_characters_never_change_earlier_logits(tiny_model, tiny_config):
+    torch.manual_seed(1)
+    idx = torch.randint(tiny_config.vocab_size, (2, tiny_config.block_size))
+    changed = idx.clone()
+    changed[:, 9:] = (changed[:, 9:] + 7) % tiny_config.vocab_size
+    before, _ = tiny_model(idx)
+    after, _ = tiny_model(changed)
+    torch.testing.assert_close(before[:, :9], after[:, :9])
+    assert not torch.allclose(before[:, 9:], after[:, 9:])
+
+
+def test_attention_equals_the_seeds_per_head_computation(tiny_model, tiny_config):
+    """Seed steps 8-9: per head softmax(mask(q k^T / sqrt(H))) v, heads concatenated, projected."""
+    attn = tiny_model.blocks[0].attn
+    x = torch.randn(2, tiny_config.block_size, tiny_config.n_embd)
+    T, H = tiny_config.block_size, tiny_config.head_size
+    q, k, v = attn.qkv(x).split(tiny_config.n_embd, dim=2)
+    mask = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    heads = []
+    for h in range(tiny_config.n_head):
+        cols = slice(h * H, (h + 1) * H)
+        weights = q[..., cols] @ k[..., cols].transpose(-2, -1) / math.sqrt(H)
+        weights = F.softmax(weights.masked_fill(~mask, float("-inf")), dim=-1)
+        heads.append(weights @ v[..., cols])
+    expected = attn.proj(torch.cat(heads, dim=-1))
+    torch.testing.assert_close(attn(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_residual_projections_start_smaller(tiny_model, tiny_config):
+    proj_std = tiny_model.blocks[0].attn.proj.weight.std().item()
+    assert proj_std < 0.02 / math.sqrt(2 * tiny_config.n_layer) * 1.5
+    assert tiny_model.blocks[0].attn.qkv.weight.std().item() > 0.015
+
+
+def test_optimizer_decays_matrices_only(tiny_model):
+    decay, no_decay = tiny_model.configure_optimizer().param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    assert all(p.dim() == 2 for p in decay["params"])
+    n_decayed = sum(p.numel() for p in decay["params"]) + sum(p.numel() for p in no_decay["params"])
+    assert n_decayed == tiny_model.num_params()
+
+
+def naive_stream(model: GPT, idx: torch.Tensor, steps: int) -> list[int]:
+    """The seed's generate, greedily: crop to the block size, run the whole window, take the argmax."""
+    out = []
+    for _ in range(steps):
+        logits, _ = model(idx[:, -model.config.block_size :])
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        out.append(token.item())
+        idx = torch.cat([idx, token], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("prompt_len", [1, 5, 16, 40])
+def test_cached_generation_matches_recomputing_every_window(tiny_model, tiny_config, prompt_len):
+    # 30 new tokens slide past the 16-token context, so this covers prefill, decode and re-prefill.
+    torch.manual_seed(2)
+    idx = torch.randint(tiny_config.vocab_size, (1, prompt_len))
+    fast = [t.item() for t in tiny_model.stream(idx, 30, temperature=0)]
+    assert fast == naive_stream(tiny_model, idx, 30)
+
+
+def test_generate_returns_prompt_plus_n_tokens_and_is_seeded(tiny_model):
+    idx = torch.tensor([[1, 2, 3]])
+    out = tiny_model.generate(idx, 25, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    again = tiny_model.generate(idx, 25, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    other = tiny_model.generate(idx, 25, temperature=1.0, generator=torch.Generator().manual_seed(8))
+    assert out.shape == (1, 28) and torch.equal(out[:, :3], idx)
+    assert torch.equal(out, again)
+    assert not torch.equal(out, other)
+
+
+def test_sample_next_temperature_zero_is_argmax():
+    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])
+    assert sample_next(logits, 0).tolist() == [[1], [0]]
+    # Very low temperature concentrates sampling on the argmax; high temperature spreads it.
+    g = torch.Generator().manual_seed(0)
+    cold = [sample_next(logits[:1], 0.05, g).item() for _ in range(50)]
+    hot = [sample_next(logits[:1], 100.0, g).item() for _ in range(200)]
+    assert set(cold) == {1}
+    assert set(hot) == {0, 1, 2}
+
+
+def test_config_rejects_heads_that_do_not_divide_the_width():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(vocab="ab", n_embd=30, n_head=4)

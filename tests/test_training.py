@@ -1,0 +1,141 @@
+import json
+import math
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+from tinygpt import training
+from tinygpt.config import GPTConfig
+from tinygpt.data import get_batch, split
+from tinygpt.training import learning_rate, train
+
+SMALL = dict(block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=16, dropout=0.0, eval_iters=4)
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, corpus):
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    path.write_text(corpus[:60_000])
+    return path
+
+
+def test_get_batch_returns_windows_and_their_next_characters():
+    data = torch.arange(100)
+    x, y = get_batch(data, batch_size=4, block_size=8, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 8)
+    assert torch.equal(y, x + 1)  # consecutive integers: each target is the next character
+    assert torch.equal(x[:, 1:], x[:, :-1] + 1)
+
+
+def test_split_is_first_ninety_percent_then_the_rest():
+    train_ids, val_ids = split(torch.arange(1000))
+    assert len(train_ids) == 900 and train_ids[-1] == 899 and val_ids[0] == 900
+
+
+def test_learning_rate_warms_up_then_decays_to_min_lr():
+    config = GPTConfig(vocab="ab", learning_rate=1e-3, min_lr=1e-4, warmup_iters=10, max_iters=100)
+    assert learning_rate(config, 0, 0.0) == pytest.approx(1e-4)
+    assert learning_rate(config, 9, 0.09) == pytest.approx(1e-3)
+    assert learning_rate(config, 50, 0.5) == pytest.approx(5.5e-4)
+    assert learning_rate(config, 100, 1.0) == pytest.approx(1e-4)
+    assert learning_rate(config, 150, 1.5) == pytest.approx(1e-4)
+
+
+def test_short_training_run_learns(small_corpus, tmp_path):
+    config = GPTConfig(**SMALL, max_iters=150, warmup_iters=10, learning_rate=3e-3, eval_interval=50)
+    summary = train(config, small_corpus, tmp_path, device="cpu", progress_bar=False)
+    assert summary["steps"] == 150
+    # Uniform guessing over this corpus's vocabulary scores ln(V) nats per character.
+    assert summary["val_loss"] < math.log(config.vocab_size) - 1.5
+    records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    curve = [r for r in records if "val_loss" in r and "final" not in r]
+    assert [r["step"] for r in curve] == [0, 50, 100, 150]
+    assert curve[-1]["val_loss"] < curve[0]["val_loss"] - 1.5
+    assert {"train_loss", "lr", "elapsed_s"} <= curve[0].keys()
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "config.json").is_file()
+
+
+def test_interrupted_training_resumes_to_identical_weights(small_corpus, tmp_path, monkeypatch):
+    config = GPTConfig(**{**SMALL, "dropout": 0.1}, max_iters=8, warmup_iters=2, eval_interval=4, bf16=False)
+    train(config, small_corpus, tmp_path / "straight", device="cpu", progress_bar=False)
+
+    calls = 0
+
+    def interrupt_on_fifth_batch(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 5
+        return get_batch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "get_batch", interrupt_on_fifth_batch)
+    stopped = train(config, small_corpus, tmp_path / "resumed", device="cpu", progress_bar=False)
+    assert stopped == {"steps": 5, "elapsed_s": stopped["elapsed_s"], "stopped": True}
+    monkeypatch.undo()
+    resumed = train(config, small_corpus, tmp_path / "resumed", device="cpu", resume=True, progress_bar=False)
+    assert resumed["steps"] == 8
+
+    straight = load_file(tmp_path / "straight" / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert straight.keys() == again.keys()
+    assert all(torch.equal(straight[k], again[k]) for k in straight)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [0, 4, 8, 8]  # evaluations at 0, 4, 8, then the final exact evaluation
+
+
+def test_resume_refuses_other_hyperparameters(small_corpus, tmp_path):
+    config = GPTConfig(**SMALL, max_iters=2, warmup_iters=1)
+    train(config, small_corpus, tmp_path, device="cpu", progress_bar=False)
+    with pytest.raises(ValueError, match="other hyperparameters"):
+        train(GPTConfig(**{**SMALL, "n_layer": 3}, max_iters=2), small_corpus, tmp_path, resume=True)
+
+
+def run_train_py(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_train_py_help_lists_every_hyperparameter():
+    result = run_train_py("--help")
+    assert result.returncode == 0
+    for flag in ["--data", "--out", "--n-layer", "--n-head", "--n-embd", "--block-size", "--batch-size",
+                 "--max-iters", "--learning-rate", "--dropout", "--eval-interval", "--eval-iters", "--seed",
+                 "--device", "--resume", "--bf16", "--no-bf16"]:  # fmt: skip
+        assert flag in result.stdout
+
+
+def test_train_py_on_a_custom_text_file(tmp_path):
+    text = "the quick brown fox jumps over the lazy dog\n" * 40
+    data = tmp_path / "mine.txt"
+    data.write_text(text)
+    out = tmp_path / "out"
+    args = ["--data", str(data), "--out", str(out), "--n-layer", "1", "--n-embd", "16", "--n-head", "2"]
+    result = run_train_py(*args, "--block-size", "8", "--max-iters", "5", "--eval-iters", "1", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["steps"] == 5
+    assert json.loads((out / "config.json").read_text())["vocab"] == "".join(sorted(set(text)))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "no/such/file.txt"], "No such file"),
+        (["--n-embd", "30", "--n-head", "4"], "divisible"),
+    ],
+)
+def test_train_py_reports_bad_input_without_a_traceback(args, message):
+    result = run_train_py(*args, "--max-iters", "1")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_py_refuses_a_corpus_shorter_than_the_context(tmp_path):
+    data = tmp_path / "tiny.txt"
+    data.write_text("too short")
+    result = run_train_py("--data", str(data), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "too short for block_size" in result.stderr and "Traceback" not in result.stderr
