@@ -1,0 +1,60 @@
+import json
+import math
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import ROOT
+from tinygpt.checkpoint import load_model
+from tinygpt.data import DEFAULT_DATA, load_splits
+from tinygpt.evaluate import validation_loss
+from tinygpt.tokenizer import CharTokenizer
+
+
+@pytest.mark.parametrize("length", [1 + 16 * 5, 1 + 16 * 5 + 7, 10])  # whole windows, a short last one, only one
+def test_validation_loss_scores_every_character_once_window_by_window(tiny_model, length):
+    ids = torch.randint(tiny_model.config.vocab_size, (length,), generator=torch.Generator().manual_seed(0))
+    result = validation_loss(tiny_model, ids, batch_size=2)
+    # Reference: one window at a time, each character predicted from those before it in its window.
+    total = 0.0
+    for start in range(0, length - 1, 16):
+        window = ids[start : min(start + 17, length)]
+        logits, _ = tiny_model(window[:-1].unsqueeze(0))
+        total += F.cross_entropy(logits[0], window[1:], reduction="sum").item()
+    assert result["chars"] == length - 1
+    assert result["val_loss"] == pytest.approx(total / (length - 1), abs=1e-5)
+    assert result["bpc"] == pytest.approx(result["val_loss"] / math.log(2), abs=1e-5)
+    assert validation_loss(tiny_model, ids, batch_size=3) == result  # batching never changes the figure
+
+
+def test_evaluate_cli_prints_one_json_line(tiny_weights, tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(DEFAULT_DATA.read_text()[:20_000])
+    command = [sys.executable, "-m", "tinygpt.evaluate", "--weights", str(tiny_weights), "--data", str(data)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    report = json.loads(lines[0])
+    assert report["chars"] == 2_000 - 1 and 0 < report["val_loss"] < 6 and report["block_size"] == 16
+
+
+def test_evaluate_cli_names_characters_the_model_does_not_know(tiny_weights, tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text("numbers 12345 " * 100)
+    command = [sys.executable, "-m", "tinygpt.evaluate", "--weights", str(tiny_weights), "--data", str(data)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "'1'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_shipped_weights_evaluate_to_the_figure_in_the_readme():
+    match = re.search(r"^\| `weights/` \| ([0-9.]+) \|", (ROOT / "README.md").read_text(), re.MULTILINE)
+    assert match, "README's results table has no row for weights/"
+    model = load_model(ROOT / "weights")
+    assert model.config.block_size >= 256
+    _, _, val_ids = load_splits(DEFAULT_DATA, CharTokenizer(model.config.vocab))
+    assert abs(validation_loss(model, val_ids)["val_loss"] - float(match.group(1))) <= 0.01
