@@ -1,17 +1,10 @@
 """The Gradio app: its generate function in process, then the real server end to end."""
 
-import os
-import socket
-import subprocess
-import sys
-import time
-
 import gradio as gr
 import pytest
 from gradio_client import Client
 
 from app import build_demo, make_generate
-from tests.conftest import ROOT
 from tinygpt.checkpoint import load_model
 
 
@@ -46,40 +39,6 @@ def test_build_demo_registers_the_generate_api(tiny_model):
     demo = build_demo(tiny_model)
     api_names = [dep.api_name for dep in demo.fns.values()]
     assert "generate" in api_names
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_weights):
-    """`python app.py` as a user would start it, on a free port; stopped by PID at the end."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "app.py", "--port", str(port), "--weights", str(tiny_weights)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited early:\n{process.stdout.read()}")
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("app.py did not start listening within 90 s")
-    yield url
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.mark.slow

@@ -1,0 +1,61 @@
+"""Train the default recipe for a fixed wall-clock budget, then evaluate it exactly.
+
+    python benchmarks/train_budget.py --minutes 10
+
+The learning-rate schedule follows the clock (warmup, then cosine decay that ends when the budget
+does), so every budget gets a complete schedule. Prints one JSON line: val_loss, bpc, steps,
+tokens/s and the achieved GFLOP/s (training FLOPs per token ~ 6 x parameters + 12 x L x T x N for
+attention, as in the PaLM / nanoGPT estimate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tinygpt.config import GPTConfig  # noqa: E402
+from tinygpt.data import DEFAULT_DATA  # noqa: E402
+from tinygpt.training import train  # noqa: E402
+
+
+def training_flops_per_token(config: GPTConfig, params: int) -> float:
+    position_params = config.block_size * config.n_embd  # a lookup, not a matmul
+    return 6 * (params - position_params) + 12 * config.n_layer * config.block_size * config.n_embd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, required=True, help="wall-clock training budget")
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    config = GPTConfig(max_iters=10**9)  # the clock, not the step count, ends this run
+    with tempfile.TemporaryDirectory() as out:
+        summary = train(config, args.data, out, device=args.device, time_budget_s=args.minutes * 60, progress_bar=False)
+    tokens_per_s = summary["steps"] * config.batch_size * config.block_size / summary["elapsed_s"]
+    result = {
+        "minutes": args.minutes,
+        "val_loss": summary["val_loss"],
+        "bpc": summary["bpc"],
+        "steps": summary["steps"],
+        "tokens_per_s": round(tokens_per_s),
+        "gflops_per_s": round(tokens_per_s * training_flops_per_token(config, summary["params"]) / 1e9, 1),
+        "params": summary["params"],
+        "train_seconds": summary["elapsed_s"],
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
