@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tinygpt.config import GPTConfig  # noqa: E402
-from tinygpt.data import DEFAULT_DATA  # noqa: E402
-from tinygpt.training import train  # noqa: E402
+from tinygpt.config import GPTConfig
+from tinygpt.data import DEFAULT_DATA
+from tinygpt.training import train
 
 
 def training_flops_per_token(config: GPTConfig, params: int) -> float:

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from tests.conftest import ROOT
 from tinygpt import training
 from tinygpt.config import GPTConfig
-from tinygpt.data import get_batch, split
+from tinygpt.data import DEFAULT_DATA, get_batch, split
 from tinygpt.training import learning_rate, train
 
 SMALL = dict(block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=16, dropout=0.0, eval_iters=4)
@@ -139,3 +139,18 @@ def test_train_py_refuses_a_corpus_shorter_than_the_context(tmp_path):
     result = run_train_py("--data", str(data), "--out", str(tmp_path / "out"))
     assert result.returncode == 2
     assert "too short for block_size" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_torchrun_trains_data_parallel(tmp_path):
+    data = tmp_path / "text.txt"
+    data.write_text(DEFAULT_DATA.read_text()[:30_000])
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "train.py", "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu", "--n-layer", "1",
+               "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--max-iters", "4", "--eval-iters", "1",
+               "--no-progress"]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world 2" in result.stdout
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1 and summaries[0]["steps"] == 4  # only rank 0 reports and saves
+    assert (tmp_path / "out" / "model.safetensors").is_file()

@@ -1,6 +1,6 @@
 """Draw train and validation loss against step from a training log (JSON lines).
 
-    python tools/plot_log.py weights/train_log.jsonl weights/loss_curve.png
+python tools/plot_log.py weights/train_log.jsonl weights/loss_curve.png
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def main() -> None:
@@ -29,7 +29,9 @@ def main() -> None:
     ax.plot(steps, [r["train_loss"] for r in curve], label="train (estimate)")
     ax.plot(steps, [r["val_loss"] for r in curve], label="validation (estimate)")
     if final:
-        ax.axhline(final["val_loss"], color="gray", ls="--", lw=1, label=f"final exact val loss {final['val_loss']:.4f}")
+        ax.axhline(
+            final["val_loss"], color="gray", ls="--", lw=1, label=f"final exact val loss {final['val_loss']:.4f}"
+        )
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/char)")
     ax.set_ylim(top=min(3.0, max(r["val_loss"] for r in curve)))
