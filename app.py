@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # works offline; no calls home
 
@@ -90,11 +89,14 @@ def build_demo(model: GPT) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=7860)
+    # Hugging Face Spaces (and Docker setups) pass the address through Gradio's own variables.
+    host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+    port = int(os.environ.get("GRADIO_SERVER_PORT", "7860"))
+    parser.add_argument("--host", default=host, help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--share", action="store_true", help="create a temporary public link through gradio.live")
     parser.add_argument(
-        "--weights", type=Path, default=WEIGHTS_DIR, help="folder with model.safetensors and config.json"
+        "--weights", default=str(WEIGHTS_DIR), help="weights folder, or hf://USER/NAME on the Hugging Face Hub"
     )
     args = parser.parse_args(argv)
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tinygpt import hub
 from tinygpt.config import GPTConfig
 from tinygpt.model import GPT
 
@@ -27,8 +28,11 @@ def save_model(model: GPT, out_dir: str | Path) -> None:
 
 
 def load_model(weights_dir: str | Path = WEIGHTS_DIR, device: str = "cpu") -> GPT:
-    """Build the model from config.json and load its safetensors weights, in eval mode."""
-    weights_dir = Path(weights_dir)
+    """Build the model from config.json and load its safetensors weights, in eval mode.
+
+    `weights_dir` is a folder, or hf://USER/NAME to fetch one from the Hugging Face Hub.
+    """
+    weights_dir = hub.download(weights_dir) if hub.is_hub_name(weights_dir) else Path(weights_dir)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (weights_dir / name).is_file():
             raise FileNotFoundError(f"{weights_dir / name} not found: train a model first (python train.py)")

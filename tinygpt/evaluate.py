@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="folder with model.safetensors and config.json")
+    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="weights folder, or hf://USER/NAME on the Hub")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus; its last 10%% is the validation split")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)

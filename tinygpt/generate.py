@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", "--max-new-tokens", type=int, default=200, help=f"characters to add (1-{MAX_NEW_TOKENS})")
     parser.add_argument("-t", "--temperature", type=float, default=0.8, help="0 is greedy; higher is more random")
     parser.add_argument("--seed", type=int, default=None, help="fix the sampling for repeatable output")
-    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="folder with model.safetensors and config.json")
+    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="weights folder, or hf://USER/NAME on the Hub")
     args = parser.parse_args(argv)
     try:
         model = load_model(args.weights)
