@@ -129,6 +129,8 @@ def train(
             raise ValueError(f"{checkpoint} was made with other hyperparameters; start afresh or pass the same flags")
         meta = load_training_state(checkpoint, model, optimizer, batches)
         step, elapsed = meta["step"], meta["elapsed"]
+        if rank:  # only rank 0's batch stream was saved; the others restart theirs, still distinct
+            batches.manual_seed(config.seed + rank + 1_000_003 * step)
     trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
     autocast = (
