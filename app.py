@@ -23,7 +23,7 @@ from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
 
 STREAM_INTERVAL_S = 0.05  # send the growing text to the browser at most this often
-EXAMPLES = ["ROMEO:\nBut soft, what light", "KING HENRY:\nNow, lords,", "To be, or not to be", ""]
+EXAMPLES = ["ROMEO:\nBut soft, what light", "KING HENRY:\nNow, lords,", "To be, or not to be", "First Citizen:\n"]
 # System fonts only, so the page looks right without reaching Google Fonts.
 THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "sans-serif"],
