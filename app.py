@@ -81,9 +81,14 @@ def build_demo(model: GPT) -> gr.Blocks:
                 button = gr.Button("Generate", variant="primary")
             output = gr.Textbox(label="Autocompleted text", lines=18, buttons=["copy"])
         gr.Examples(EXAMPLES, inputs=prompt, label="Try a prompt")
-        inputs = [prompt, max_new_tokens, temperature, seed]
-        button.click(generate, inputs=inputs, outputs=output, api_name="generate")
-        prompt.submit(generate, inputs=inputs, outputs=output, api_visibility="private")
+        # One generation at a time (queued): the model's KV cache is a single buffer.
+        button.click(
+            generate,
+            inputs=[prompt, max_new_tokens, temperature, seed],
+            outputs=output,
+            api_name="generate",
+            concurrency_limit=1,
+        )
     return demo
 
 
