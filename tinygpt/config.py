@@ -15,11 +15,11 @@ class GPTConfig:
     n_layer: int = 6  # L
     n_head: int = 4
     n_embd: int = 256  # N
-    dropout: float = 0.1  # on embeddings and on each residual branch
+    dropout: float = 0.2  # on embeddings and on each residual branch
 
     # Optimisation (seed step 14).
     batch_size: int = 32  # B
-    max_iters: int = 3600
+    max_iters: int = 2200
     learning_rate: float = 2e-3
     min_lr: float = 2e-4  # cosine decay ends here
     warmup_iters: int = 200
