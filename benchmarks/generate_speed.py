@@ -46,7 +46,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=500)
     parser.add_argument("--weights", default=str(WEIGHTS_DIR))
     parser.add_argument("--prompt", default="ROMEO:\n")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model = load_model(args.weights)
     idx = torch.tensor([CharTokenizer(model.config.vocab).encode(args.prompt)])
