@@ -3,7 +3,7 @@
     python train.py                         # the shipped recipe, on data/tinyshakespeare.txt
     python train.py --data my.txt --out runs/mine --max-iters 2000
     python train.py --resume                # continue from OUT/checkpoint
-    torchrun --nproc-per-node 4 train.py    # data-parallel over 4 processes (GPUs or CPU)
+    torchrun --standalone --nproc-per-node 4 train.py   # data parallel over 4 processes (GPUs or CPU)
 
 Every hyperparameter of tinygpt.config.GPTConfig is a flag; defaults are the shipped recipe.
 """
