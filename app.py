@@ -2,94 +2,234 @@
 
 python app.py                       # http://127.0.0.1:7860
 python app.py --share               # also print a public gradio.live link
-python app.py --host 0.0.0.0 --port 8080 --weights runs/mine
+python app.py --host 0.0.0.0 --port 8080 --model runs/mine     # or --model USER/NAME on the Hub
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+
+STARTED = time.perf_counter()  # cold start is measured from here: before the heavy imports
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # works offline; no calls home
 
-import gradio as gr
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
 
-from tinygpt.checkpoint import WEIGHTS_DIR, load_model
-from tinygpt.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete
-from tinygpt.model import GPT
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, WeightsError, load_model, resolve  # noqa: E402
+from tinygpt.generate import (  # noqa: E402
+    MAX_NEW_TOKENS,
+    MAX_TEMPERATURE,
+    PRECISIONS,
+    InputError,
+    complete,
+    for_inference,
+)
+from tinygpt.model import GPT  # noqa: E402
+from tinygpt.tokenizer import CharTokenizer  # noqa: E402
 
 STREAM_INTERVAL_S = 0.05  # send the growing text to the browser at most this often
-EXAMPLES = ["ROMEO:\nBut soft, what light", "KING HENRY:\nNow, lords,", "To be, or not to be", "First Citizen:\n"]
+QUEUE_SIZE = 64  # waiting requests beyond this get "Queue is full" at once instead of a long wait
+MAX_SEED = 2**31 - 1
+EXAMPLES = ["ROMEO:\n", "To be, or not to be", "First Citizen:\n", "KING HENRY:\nNow, lords,", "O Romeo, Romeo!"]
 # System fonts only, so the page looks right without reaching Google Fonts.
 THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "sans-serif"],
     font_mono=["ui-monospace", "Menlo", "Consolas", "monospace"],
 )
+VISIBLE = {"\n": "⏎", " ": "␣", "\t": "⇥"}  # how whitespace candidates are shown in the chart
+
+
+@dataclass
+class Trace:
+    """What one generation produced, kept for the "inside the model" view."""
+
+    prompt: str
+    vocab: str
+    chars: list[str] = field(default_factory=list)
+    probs: list[torch.Tensor] = field(default_factory=list)  # per new character: the model's (V,) distribution
+
+    def add(self, char: str, probs: torch.Tensor) -> None:
+        self.chars.append(char)
+        self.probs.append(probs)
+
+
+def make_run(model: GPT) -> Callable[..., Iterator[tuple[str, Trace]]]:
+    """Generation shared by the page and the API: yields (text so far, trace) about every 50 ms."""
+    tokenizer = CharTokenizer(model.config.vocab)
+
+    def run(prompt, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[tuple[str, Trace]]:
+        try:
+            if seed is not None and (not isinstance(seed, (int, float)) or seed != int(seed) or abs(seed) > MAX_SEED):
+                raise InputError(f"the seed must be a whole number up to {MAX_SEED}, not {seed}")
+            text, steps = complete(
+                model, tokenizer, prompt, max_new_tokens, temperature,
+                None if seed is None else int(seed), top_k, top_p,
+            )  # fmt: skip
+        except InputError as err:  # shown to the person (or API client) as a message, not a stack trace
+            raise gr.Error(str(err)) from None
+        trace = Trace(text, tokenizer.vocab)
+        last_sent = time.perf_counter()
+        for step in steps:
+            text += step.chars[0]
+            trace.add(step.chars[0], step.probs[0])
+            if time.perf_counter() - last_sent >= STREAM_INTERVAL_S:
+                last_sent = time.perf_counter()
+                yield text, trace
+        yield text, trace
+
+    return run
 
 
 def make_generate(model: GPT) -> Callable[..., Iterator[str]]:
-    """The function behind the Generate button and the /generate API."""
-    tokenizer = CharTokenizer(model.config.vocab)
+    """The /generate API: the same generation, text only."""
+    run = make_run(model)
 
     def generate(
-        prompt: str, max_new_tokens: float = 200, temperature: float = 0.8, seed: float | None = None
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
     ) -> Iterator[str]:
-        """Continue `prompt` by `max_new_tokens` characters; yields the growing text."""
-        try:
-            if seed is not None and seed != int(seed):
-                raise InputError(f"the seed must be a whole number, not {seed}")
-            pieces = complete(
-                model, tokenizer, prompt, max_new_tokens, temperature, None if seed is None else int(seed)
-            )
-            text = next(pieces)  # the cleaned prompt; bad input raises here, before any output
-        except InputError as err:
-            raise gr.Error(str(err)) from None
-        last_sent = time.perf_counter()
-        for piece in pieces:
-            text += piece
-            if time.perf_counter() - last_sent >= STREAM_INTERVAL_S:
-                last_sent = time.perf_counter()
-                yield text
-        yield text
+        """Continue `prompt` by exactly `max_new_tokens` characters; streams the growing text.
+
+        temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off; a seed makes it repeatable.
+        """
+        for text, _ in run(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+            yield text
 
     return generate
 
 
-def build_demo(model: GPT) -> gr.Blocks:
-    generate = make_generate(model)
+def inside_view(trace: Trace | None, position: int | None = None) -> tuple[list, dict[str, float]]:
+    """The new text coloured by the probability the model gave each character, and the 10 likeliest
+    candidates the model weighed at one position (default: the last character)."""
+    if trace is None or not trace.chars:
+        return [], {}
+    probs = torch.stack(trace.probs)
+    chosen = probs.gather(1, torch.tensor([[trace.vocab.index(c)] for c in trace.chars]))[:, 0].tolist()
+    # HighlightedText colours scores in [-1, 1] by sign and size: 2p - 1 puts p = 0.5 at no colour.
+    spans = [(trace.prompt, None), *((c, round(2 * p - 1, 3)) for c, p in zip(trace.chars, chosen, strict=True))]
+    position = len(trace.chars) - 1 if position is None else min(max(position, 0), len(trace.chars) - 1)
+    top = probs[position].topk(min(10, probs.size(1)))
+    shown = [VISIBLE.get(trace.vocab[i], trace.vocab[i]) for i in top.indices.tolist()]
+    return spans, dict(zip(shown, top.values.tolist(), strict=True))
+
+
+def candidates_at(trace: Trace | None, evt: gr.SelectData) -> dict[str, float]:
+    """The top-10 chart for the character clicked in the confidence view (span 0 is the prompt)."""
+    index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+    return inside_view(trace, index - 1)[1] if index else gr.skip()
+
+
+def model_card_text(folder: Path) -> str:
+    """The weights' model card without its YAML front matter, or a note that there is none."""
+    card = folder / CARD_FILE
+    if not card.is_file():
+        return "This model has no card (README.md) in its folder."
+    text = card.read_text(encoding="utf-8")
+    if text.startswith("---\n"):
+        text = text.split("\n---\n", 1)[-1]
+    return text
+
+
+def build_demo(model: GPT, folder: Path | None = None) -> gr.Blocks:
+    run = make_run(model)
     n_params = model.num_params() / 1e6
+
+    def write(prompt, max_new_tokens, temperature, top_k, top_p, seed, random_seed):
+        if random_seed or seed is None:
+            seed = random.randint(0, MAX_SEED)  # shown in the seed box, so the result can be reproduced
+        for text, trace in run(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+            yield text, seed, trace
+
     with gr.Blocks(title="Tiny_GPT") as demo:
         gr.Markdown(
             "# Tiny_GPT\n"
             f"A {n_params:.1f}M-parameter character-level GPT, trained from scratch on Tiny Shakespeare. "
             "Type the start of some text and it writes the next characters, one at a time."
         )
-        with gr.Row():
-            with gr.Column():
-                prompt = gr.Textbox(label="Prompt", lines=5, placeholder="ROMEO:\n", value=EXAMPLES[0])
-                max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=300, step=1, label="Characters to add")
-                temperature = gr.Slider(
-                    0, MAX_TEMPERATURE, value=0.8, step=0.05, label="Temperature",
-                    info="0 always picks the likeliest character; higher is more surprising",
-                )  # fmt: skip
-                with gr.Accordion("Advanced", open=False):
-                    seed = gr.Number(label="Seed (empty: random)", value=None, precision=0)
-                button = gr.Button("Generate", variant="primary")
-            output = gr.Textbox(label="Autocompleted text", lines=18, buttons=["copy"])
-        gr.Examples(EXAMPLES, inputs=prompt, label="Try a prompt")
-        # One generation at a time (queued): the model's KV cache is a single buffer.
-        button.click(
-            generate,
-            inputs=[prompt, max_new_tokens, temperature, seed],
-            outputs=output,
-            api_name="generate",
+        trace = gr.State(None)
+        with gr.Tab("Write"):
+            with gr.Row():
+                with gr.Column():
+                    prompt = gr.Textbox(label="Prompt", lines=5, placeholder="ROMEO:\n", value=EXAMPLES[0])
+                    max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=300, step=1, label="Characters to add")
+                    temperature = gr.Slider(
+                        0, MAX_TEMPERATURE, value=0.8, step=0.05, label="Temperature",
+                        info="0 always picks the likeliest character; higher is more surprising",
+                    )  # fmt: skip
+                    with gr.Accordion("Advanced", open=False):
+                        top_k = gr.Slider(0, model.config.vocab_size, value=0, step=1, label="Top-k",
+                                          info="sample only from the k likeliest characters (0: all)")  # fmt: skip
+                        top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p",
+                                          info="sample only from the likeliest characters that make up p of the "
+                                          "probability (1: all)")  # fmt: skip
+                        with gr.Row():
+                            random_seed = gr.Checkbox(value=True, label="Random seed")
+                            seed = gr.Number(label="Seed (the last one used)", value=None, precision=0, minimum=0,
+                                             maximum=MAX_SEED)  # fmt: skip
+                    with gr.Row():
+                        button = gr.Button("Generate", variant="primary")
+                        stop = gr.Button("Stop", variant="stop")
+                    gr.Examples(EXAMPLES, inputs=prompt, label="Try a prompt")
+                output = gr.Textbox(label="Autocompleted text", lines=18, buttons=["copy"])
+            with gr.Accordion("Inside the model", open=True):
+                gr.Markdown(
+                    "Each new character is coloured by the probability the model gave it: the stronger the "
+                    "red, the surer it was; the stronger the blue, the bigger the surprise. "
+                    "Click a character to see the ten characters it weighed there."
+                )
+                with gr.Row():
+                    confidence = gr.HighlightedText(
+                        label="Confidence", show_legend=False, scale=3, elem_id="confidence"
+                    )
+                    candidates = gr.Label(label="Top-10 candidates", num_top_classes=10, scale=1, elem_id="candidates")
+        with gr.Tab("Model"):
+            gr.Markdown(model_card_text(folder) if folder else "")
+            curve = folder / "loss_curve.png" if folder else None
+            if curve and curve.is_file():
+                gr.Image(str(curve), label="Training and validation loss", show_label=True, interactive=False)
+            with gr.Accordion("Configuration (config.json)", open=False):
+                gr.JSON({k: v for k, v in vars(model.config).items() if k != "vocab"})
+        # Generation runs one at a time (concurrency group "model"): the model's KV cache is a single
+        # buffer, and one generation already keeps the CPU busy. Others wait in the bounded queue.
+        event = button.click(
+            write,
+            inputs=[prompt, max_new_tokens, temperature, top_k, top_p, seed, random_seed],
+            outputs=[output, seed, trace],
             concurrency_limit=1,
+            concurrency_id="model",
+            api_visibility="private",
         )
+        event.then(inside_view, inputs=trace, outputs=[confidence, candidates], api_visibility="private")
+        stop.click(None, cancels=[event])
+        confidence.select(candidates_at, inputs=trace, outputs=candidates, api_visibility="private")
+        gr.api(make_generate(model), api_name="generate", concurrency_limit=1, concurrency_id="model")
     return demo
+
+
+def resident_memory_mb() -> float:
+    """This process's resident memory (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,16 +240,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=host, help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--share", action="store_true", help="create a temporary public link through gradio.live")
-    parser.add_argument(
-        "--weights", default=str(WEIGHTS_DIR), help="weights folder, or hf://USER/NAME on the Hugging Face Hub"
-    )
+    # A Space picks its model with a variable (Settings > Variables): TINYGPT_MODEL=USER/NAME.
+    model_name = os.environ.get("TINYGPT_MODEL", str(WEIGHTS_DIR))
+    parser.add_argument("--model", default=model_name, help="weights folder, or USER/NAME of a Hugging Face Hub repo")
+    parser.add_argument("--weights", dest="model", help=argparse.SUPPRESS)  # the old name of --model
+    parser.add_argument("--precision", choices=PRECISIONS, default="int8",
+                        help="int8 weights decode ~2x faster on CPU, same validation loss to 4 decimals")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.weights)
-    except FileNotFoundError as err:
+        folder = resolve(args.model)
+        model = for_inference(load_model(folder), args.precision)
+    except WeightsError as err:  # missing, corrupt or inconsistent files, or the Hub out of reach
         print(f"error: {err}", file=sys.stderr)
         return 2
-    build_demo(model).launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME)
+    demo = build_demo(model, folder)
+    demo.queue(max_size=QUEUE_SIZE)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME,
+                prevent_thread_lock=True)  # fmt: skip
+    print(
+        f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, {args.precision}; "
+        f"cold start {time.perf_counter() - STARTED:.1f} s (process start to page served), "
+        f"resident memory {resident_memory_mb():.0f} MB",
+        flush=True,
+    )
+    demo.block_thread()
     return 0
 
 

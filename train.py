@@ -2,7 +2,8 @@
 
     python train.py                         # the shipped recipe, on data/tinyshakespeare.txt
     python train.py --data my.txt --out runs/mine --max-iters 2000
-    python train.py --resume                # continue from OUT/checkpoint
+    python train.py --resume                # continue from OUT/checkpoint.safetensors
+    python train.py --push-to-hub USER/NAME # then publish OUT on the Hugging Face Hub
     torchrun --standalone --nproc-per-node 4 train.py   # data parallel over 4 processes (GPUs or CPU)
 
 Every hyperparameter of tinygpt.config.GPTConfig is a flag; defaults are the shipped recipe.
@@ -15,8 +16,9 @@ import json
 import sys
 from dataclasses import fields
 
+from tinygpt import hub
 from tinygpt.checkpoint import WEIGHTS_DIR
-from tinygpt.config import GPTConfig
+from tinygpt.config import DTYPES, GPTConfig
 from tinygpt.data import DEFAULT_DATA
 from tinygpt.training import train
 
@@ -26,16 +28,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 text file to train on")
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="where model.safetensors, config.json and the log go")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if it exists")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors if it exists")
     parser.add_argument("--checkpoint-interval", type=int, default=500, help="steps between resumable checkpoints")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations still print)")
+    parser.add_argument("--push-to-hub", metavar="USER/NAME", help="after training, upload OUT as this Hub model repo")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     hyper = parser.add_argument_group("hyperparameters (tinygpt.config.GPTConfig)")
     for field in fields(GPTConfig):
         if field.name == "vocab":  # comes from the corpus
             continue
         flag = "--" + field.name.replace("_", "-")
-        if field.type in (bool, "bool"):
+        if field.name == "dtype":
+            hyper.add_argument(flag, choices=DTYPES, default=field.default, help="training precision (autocast)")
+        elif field.type in (bool, "bool"):
             hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
         else:
             kind = {"int": int, "float": float}[field.type if isinstance(field.type, str) else field.type.__name__]
@@ -50,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.push_to_hub:  # a typo should fail now, not after hours of training
+            from huggingface_hub.utils import validate_repo_id
+
+            validate_repo_id(args.push_to_hub)
         config = GPTConfig(**{f.name: getattr(args, f.name) for f in fields(GPTConfig) if f.name != "vocab"})
         summary = train(
             config,
@@ -60,11 +70,22 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_interval=args.checkpoint_interval,
             progress_bar=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:  # bad flags or data, a full disk, a corrupt checkpoint (WeightsError)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if summary.get("val_loss") is not None:
-        print(json.dumps(summary))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now; the last checkpoint is intact
+        print(f"interrupted; the last checkpoint in {args.out} is intact (--resume continues from it)", file=sys.stderr)
+        return 130
+    if summary.get("val_loss") is None:  # stopped early, or not rank 0
+        return 0
+    print(json.dumps(summary))
+    if args.push_to_hub:
+        try:
+            print(f"uploaded to {hub.push(args.out, args.push_to_hub, args.private)}")
+        except Exception as err:  # network, authentication, broken weights: the files stay in OUT
+            print(f"error: could not push to the Hub ({err}); retry with: python -m tinygpt.hub push "
+                  f"{args.out} {args.push_to_hub}", file=sys.stderr)  # fmt: skip
+            return 2
     return 0
 
 

@@ -36,16 +36,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock training budget")
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--fp32", action="store_true", help="train without bf16 autocast, to compare")
+    parser.add_argument("--fp32", action="store_true", help="train in float32, without bfloat16 autocast, to compare")
     args = parser.parse_args()
 
-    config = GPTConfig(max_iters=10**9, bf16=not args.fp32)  # the clock, not the step count, ends this run
+    config = GPTConfig(max_iters=10**9, dtype="float32" if args.fp32 else "bfloat16")  # the clock ends this run
     with tempfile.TemporaryDirectory() as out:
         summary = train(config, args.data, out, device=args.device, time_budget_s=args.minutes * 60, progress_bar=False)
     tokens_per_s = summary["steps"] * config.batch_size * config.block_size / summary["elapsed_s"]
     result = {
         "minutes": args.minutes,
-        "bf16": config.bf16,
+        "dtype": config.dtype,
         "val_loss": summary["val_loss"],
         "bpc": summary["bpc"],
         "steps": summary["steps"],

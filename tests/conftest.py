@@ -63,7 +63,7 @@ def server(tiny_weights):
     """`python app.py` as a user would start it, on a free port; stopped by PID at the end."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "app.py", "--port", str(port), "--weights", str(tiny_weights)]
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(tiny_weights)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90

@@ -1,59 +1,98 @@
-"""The Gradio app: its generate function in process, then the real server end to end."""
+"""The Gradio app: its functions in process, then the real server end to end with gradio_client."""
 
 import gradio as gr
 import pytest
 from gradio_client import Client
 
-from app import build_demo, make_generate
+from app import build_demo, inside_view, make_generate, make_run
 from tinygpt.checkpoint import load_model
+from tinygpt.generate import for_inference
 
 
 def test_generate_streams_the_growing_text_and_ends_with_prompt_plus_n(tiny_model):
     generate = make_generate(tiny_model)
-    updates = list(generate("ROMEO:", 400, 0.8, 1))
+    updates = list(generate("ROMEO:", 400, 0.8, seed=1))
     assert updates[-1].startswith("ROMEO:") and len(updates[-1]) == len("ROMEO:") + 400
     assert all(updates[-1].startswith(u) for u in updates)  # each update extends the previous text
-    assert list(generate("ROMEO:", 400, 0.8, 1))[-1] == updates[-1]
+    assert list(generate("ROMEO:", 400, 0.8, seed=1))[-1] == updates[-1]
 
 
-def test_generate_accepts_the_float_a_slider_sends(tiny_model):
-    assert len(list(make_generate(tiny_model)("", 12.0, 0.0))[-1]) == 12
+def test_generate_accepts_the_floats_a_slider_sends(tiny_model):
+    assert len(list(make_generate(tiny_model)("", 12.0, 0.0, 3.0, 0.9))[-1]) == 12
 
 
 @pytest.mark.parametrize(
-    ("prompt", "n", "temperature", "seed", "message"),
+    ("args", "message"),
     [
-        ("price: 5 pounds", 10, 0.8, None, "'5'"),
-        ("hi", 0, 0.8, None, "from 1 to"),
-        ("hi", 10, 3.0, None, "between 0"),
-        ("hi", 10, 0.8, 1.5, "seed must be a whole number"),
+        (("price: 5 pounds", 10, 0.8), "'5'"),
+        (("hi", 0, 0.8), "from 1 to"),
+        (("hi", 10, 3.0), "between 0"),
+        (("hi", 10, 0.8, -2), "top-k must be"),
+        (("hi", 10, 0.8, 0, 1.5), "top-p must be"),
+        (("hi", 10, 0.8, 0, 1.0, 1.5), "seed must be a whole number"),
     ],
 )
-def test_generate_turns_bad_input_into_a_gradio_error(tiny_model, prompt, n, temperature, seed, message):
+def test_bad_input_becomes_a_gradio_error(tiny_model, args, message):
     with pytest.raises(gr.Error) as err:
-        list(make_generate(tiny_model)(prompt, n, temperature, seed))
+        list(make_generate(tiny_model)(*args))
     assert message in str(err.value)
 
 
-def test_build_demo_registers_the_generate_api(tiny_model):
+def test_inside_view_colours_each_new_character_and_lists_candidates(tiny_model):
+    *_, (text, trace) = make_run(tiny_model)("ROMEO:", 30, 1.0, 0, 1.0, 2)
+    spans, candidates = inside_view(trace)
+    assert spans[0] == ("ROMEO:", None)
+    assert "".join(s for s, _ in spans) == text
+    assert all(-1 <= score <= 1 for _, score in spans[1:]) and len(spans) == 31
+    assert len(candidates) == 10 and sum(candidates.values()) <= 1.0001
+    assert list(candidates.values()) == sorted(candidates.values(), reverse=True)
+    # Greedy decoding always picks the top candidate, so the chart's first bar is the character written.
+    *_, (text, trace) = make_run(tiny_model)("ROMEO:", 5, 0, 0, 1.0, 2)
+    first = next(iter(inside_view(trace, 2)[1]))
+    assert first == {"\n": "⏎", " ": "␣"}.get(text[6 + 2], text[6 + 2])
+    assert inside_view(None) == ([], {})
+
+
+def test_build_demo_exposes_only_the_generate_api(tiny_model):
     demo = build_demo(tiny_model)
-    api_names = [dep.api_name for dep in demo.fns.values()]
-    assert "generate" in api_names
+    public = [dep.api_name for dep in demo.fns.values() if dep.api_visibility == "public"]
+    assert public == ["generate"]
+
+
+# --- The real server (conftest's `server`: python app.py in a subprocess) -----------------------------
 
 
 @pytest.mark.slow
-def test_end_to_end_generate_over_http(server, tiny_weights):
+def test_api_streams_and_returns_the_final_text(server):
     client = Client(server, verbose=False)
-    text = client.predict("ROMEO:", 50, 0.8, 7, api_name="/generate")
-    assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50
-    assert client.predict(prompt="ROMEO:", max_new_tokens=50, temperature=0.8, seed=7, api_name="/generate") == text
-    # The server's answer is the library's answer for the same seed.
-    expected = list(make_generate(load_model(tiny_weights))("ROMEO:", 50, 0.8, 7))[-1]
-    assert text == expected
+    job = client.submit("ROMEO:", 300, 0.8, 0, 1.0, 7, api_name="/generate")
+    final = job.result(timeout=60)
+    streamed = job.outputs()
+    assert final.startswith("ROMEO:") and len(final) == len("ROMEO:") + 300
+    assert streamed[-1] == final and all(final.startswith(s) for s in streamed)
 
 
 @pytest.mark.slow
-def test_end_to_end_bad_input_is_a_clear_error(server):
+def test_api_takes_every_parameter_by_name_and_the_seed_reproduces(server, tiny_weights):
     client = Client(server, verbose=False)
-    with pytest.raises(Exception, match=r"unsupported character\(s\): '\\U0001f600'|unsupported character"):
-        client.predict("hello \U0001f600", 10, 0.8, None, api_name="/generate")
+    params = dict(prompt="JULIET:", max_new_tokens=40, temperature=0.9, top_k=5, top_p=0.8, seed=11)
+    text = client.predict(**params, api_name="/generate")
+    assert client.predict(**params, api_name="/generate") == text
+    assert client.predict(**{**params, "seed": 12}, api_name="/generate") != text
+    # The server's answer is the library's answer for the same settings (the app serves int8 weights).
+    model = for_inference(load_model(tiny_weights), "int8")
+    assert text == list(make_generate(model)(*params.values()))[-1]
+
+
+@pytest.mark.slow
+def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(server):
+    client = Client(server, verbose=False)
+    for args, message in [
+        (("hello \U0001f600", 10), "unsupported character"),
+        (("hi", 5000), "from 1 to"),
+        (("hi", 10, -1.0), "temperature must be"),
+        (("hi", 10, 0.8, 0, 0.0), "top-p must be above 0"),
+    ]:
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name="/generate")
+    assert len(client.predict("hi", 10, api_name="/generate")) == 12

@@ -42,7 +42,7 @@ def output_text(page) -> str:
 
 
 @pytest.mark.slow
-def test_typing_a_prompt_and_pressing_generate_shows_the_completion(page):
+def test_typing_a_prompt_and_pressing_generate_shows_the_completion(page, tmp_path):
     page.get_by_label("Prompt").fill("JULIET:\n")
     page.get_by_label("number input for Characters to add").fill("60")
     page.get_by_label("number input for Characters to add").press("Tab")
@@ -52,6 +52,16 @@ def test_typing_a_prompt_and_pressing_generate_shows_the_completion(page):
         timeout=30_000,
     )
     assert output_text(page).startswith("JULIET:\n")
+    # The confidence view fills in after generating: the prompt, then one coloured span per character.
+    page.wait_for_function(
+        "() => (document.querySelector('#confidence')?.innerText || '').includes('JULIET')", timeout=30_000
+    )
+    page.locator("#candidates").get_by_text("%").first.wait_for(timeout=30_000)
+    # The seed box shows the random seed that was used, so the text can be reproduced.
+    page.get_by_text("Advanced").click()
+    assert page.get_by_label("Seed (the last one used)").input_value().isdigit()
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tinygpt.generate import MAX_NEW_TOKENS, InputError, complete
+from tinygpt.generate import MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_PROMPT_CHARS, InputError, complete
 from tinygpt.tokenizer import CharTokenizer
 
 
-def run_complete(model, prompt, n=20, temperature=0.8, seed=1) -> str:
-    return "".join(complete(model, CharTokenizer(model.config.vocab), prompt, n, temperature, seed))
+def run_complete(model, prompt, n=20, temperature=0.8, seed=1, **sampling) -> str:
+    text, steps = complete(model, CharTokenizer(model.config.vocab), prompt, n, temperature, seed, **sampling)
+    return text + "".join(step.chars[0] for step in steps)
 
 
 def test_returns_the_prompt_followed_by_exactly_n_characters(tiny_model):
@@ -65,17 +66,59 @@ def test_prompt_is_normalized(tiny_model):
         ("hi", 10, float("nan"), "between 0"),
         ("hi", 10, "hot", "must be a number"),
         (42, 10, 0.8, "must be text"),
+        ("x" * (MAX_PROMPT_CHARS + 1), 10, 0.8, "the limit is"),
     ],
 )
 def test_bad_input_raises_a_clear_input_error(tiny_model, prompt, n, temperature, message):
     with pytest.raises(InputError, match=None) as err:
-        run_complete(tiny_model, prompt, n=n, temperature=temperature)
+        complete(tiny_model, CharTokenizer(tiny_model.config.vocab), prompt, n, temperature)  # checks eagerly
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "message"),
+    [
+        ({"top_k": -1}, "top-k must be a whole number 0 or more"),
+        ({"top_k": 2.5}, "top-k must be a whole number"),
+        ({"top_k": "5"}, "top-k must be a whole number"),
+        ({"top_p": 0}, "top-p must be above 0"),
+        ({"top_p": 1.5}, "top-p must be between"),
+        ({"top_p": float("nan")}, "top-p must be between"),
+        ({"num_samples": 0}, f"from 1 to {MAX_NUM_SAMPLES}"),
+        ({"num_samples": MAX_NUM_SAMPLES + 1}, f"from 1 to {MAX_NUM_SAMPLES}"),
+    ],
+)
+def test_bad_sampling_settings_raise_a_clear_input_error(tiny_model, sampling, message):
+    with pytest.raises(InputError) as err:
+        complete(tiny_model, CharTokenizer(tiny_model.config.vocab), "hi", 10, 0.8, **sampling)
+    assert message in str(err.value)
+
+
+def test_top_k_zero_and_top_p_one_change_nothing(tiny_model):
+    plain = run_complete(tiny_model, "Hi", n=30, temperature=1.0, seed=9)
+    assert run_complete(tiny_model, "Hi", n=30, temperature=1.0, seed=9, top_k=0, top_p=1.0) == plain
+    assert run_complete(tiny_model, "Hi", n=30, temperature=1.0, seed=9, top_k=1) == run_complete(
+        tiny_model, "Hi", n=30, temperature=0
+    )
+
+
+def test_several_samples_at_once(tiny_model):
+    text, steps = complete(tiny_model, CharTokenizer(tiny_model.config.vocab), "Hi", 25, 1.0, 3, num_samples=3)
+    samples = [text + "".join(chars) for chars in zip(*(step.chars for step in steps), strict=True)]
+    assert len(samples) == 3 and all(s.startswith("Hi") and len(s) == 27 for s in samples)
+    assert len(set(samples)) > 1
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "tinygpt.generate", *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prints_several_samples(tiny_weights):
+    result = run_cli("Hi", "-n", "10", "--num-samples", "2", "--seed", "1", "--top-k", "5", "--top-p", "0.9",
+                     "--precision", "int8", "--weights", str(tiny_weights))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("--- sample") == 2
 
 
 def test_cli_prints_the_completion(tiny_weights):
@@ -100,3 +143,11 @@ def test_cli_bad_input_gives_a_message_not_a_traceback(tiny_weights, args, messa
     result = run_cli(*args, *weights)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_streamed_text_is_the_seeds_final_text(tiny_model):
+    tokenizer = CharTokenizer(tiny_model.config.vocab)
+    streamed = run_complete(tiny_model, "Hi", n=40, temperature=0.8, seed=4, window="exact")
+    seeded = torch.Generator().manual_seed(4)
+    full = tiny_model.generate(torch.tensor([tokenizer.encode("Hi")]), 40, 0.8, generator=seeded)
+    assert streamed == tokenizer.decode(full[0].tolist())

@@ -5,7 +5,6 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.config import GPTConfig
-from tinygpt.model import GPT, sample_next
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):
@@ -65,26 +64,6 @@ def test_optimizer_decays_matrices_only(tiny_model):
     assert n_decayed == tiny_model.num_params()
 
 
-def naive_stream(model: GPT, idx: torch.Tensor, steps: int) -> list[int]:
-    """The seed's generate, greedily: crop to the block size, run the whole window, take the argmax."""
-    out = []
-    for _ in range(steps):
-        logits, _ = model(idx[:, -model.config.block_size :])
-        token = logits[:, -1].argmax(-1, keepdim=True)
-        out.append(token.item())
-        idx = torch.cat([idx, token], dim=1)
-    return out
-
-
-@pytest.mark.parametrize("prompt_len", [1, 5, 16, 40])
-def test_cached_generation_matches_recomputing_every_window(tiny_model, tiny_config, prompt_len):
-    # 30 new tokens slide past the 16-token context, so this covers prefill, decode and re-prefill.
-    torch.manual_seed(2)
-    idx = torch.randint(tiny_config.vocab_size, (1, prompt_len))
-    fast = [t.item() for t in tiny_model.stream(idx, 30, temperature=0)]
-    assert fast == naive_stream(tiny_model, idx, 30)
-
-
 def test_generate_returns_prompt_plus_n_tokens_and_is_seeded(tiny_model):
     idx = torch.tensor([[1, 2, 3]])
     out = tiny_model.generate(idx, 25, temperature=1.0, generator=torch.Generator().manual_seed(7))
@@ -93,17 +72,6 @@ def test_generate_returns_prompt_plus_n_tokens_and_is_seeded(tiny_model):
     assert out.shape == (1, 28) and torch.equal(out[:, :3], idx)
     assert torch.equal(out, again)
     assert not torch.equal(out, other)
-
-
-def test_sample_next_temperature_zero_is_argmax():
-    logits = torch.tensor([[0.1, 3.0, 0.2], [5.0, 0.0, 0.0]])
-    assert sample_next(logits, 0).tolist() == [[1], [0]]
-    # Very low temperature concentrates sampling on the argmax; high temperature spreads it.
-    g = torch.Generator().manual_seed(0)
-    cold = [sample_next(logits[:1], 0.05, g).item() for _ in range(50)]
-    hot = [sample_next(logits[:1], 100.0, g).item() for _ in range(200)]
-    assert set(cold) == {1}
-    assert set(hot) == {0, 1, 2}
 
 
 def test_config_rejects_heads_that_do_not_divide_the_width():

@@ -1,4 +1,4 @@
-"""Exact validation loss: `python -m tinygpt.evaluate [--weights DIR] [--data PATH]` prints one JSON line.
+"""Exact validation loss: `python -m tinygpt.evaluate [--model DIR] [--data PATH]` prints one JSON line.
 
 Protocol: the validation split (last 10% of the corpus) is cut into consecutive, non-overlapping
 windows of the model's block size; every character after the first is predicted from the characters
@@ -54,14 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="weights folder, or hf://USER/NAME on the Hub")
+    parser.add_argument("--model", "--weights", dest="weights", default=str(WEIGHTS_DIR),
+                        help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus; its last 10%% is the validation split")
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
     try:
         model = load_model(args.weights)
         _, _, val_ids = load_splits(args.data, CharTokenizer(model.config.vocab))
-    except (FileNotFoundError, UnknownCharactersError, ValueError) as err:
+    except (FileNotFoundError, UnknownCharactersError, ValueError) as err:  # ValueError includes WeightsError
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()

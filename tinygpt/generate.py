@@ -1,7 +1,20 @@
 """Autocomplete text: `python -m tinygpt.generate "PROMPT" -n 200 --temperature 0.8 --seed 1`.
 
-`complete` is what the app, the API and the command line share: it checks and cleans the input,
-then streams the new characters as the model samples them.
+How it is fast (in the style of gpt-fast's generate.py):
+  prefill  - one forward pass over the prompt fills every layer's KV cache;
+  decode   - each new character is then one position through the model, attending to the cache.
+
+Past the context window. Positions are learned and absolute, so once the text outgrows block_size
+every cached key is at the wrong position. Two behaviours:
+  "exact" - the seed's semantics: the model always sees the last block_size characters, so every
+            step past the window recomputes the whole window (correct, slow);
+  "fast"  - the default: when the cache is full, re-prefill the most recent block_size/2 characters
+            at positions 0.. and continue decoding from there. The model then sees between
+            block_size/2 and block_size characters, never fewer, at one prefill per block_size/2
+            characters. (Validation loss is flat beyond ~64 characters of context; see the README.)
+
+`complete` is what the app, the API and the command line share: it checks and cleans the input, then
+streams the new characters and the probabilities the model gave them.
 """
 
 from __future__ import annotations
@@ -10,35 +23,155 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
-from tinygpt.checkpoint import WEIGHTS_DIR, load_model
+from tinygpt.checkpoint import WEIGHTS_DIR, WeightsError, load_model
 from tinygpt.model import GPT
+from tinygpt.sampling import sample_next
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 MAX_NEW_TOKENS = 2000
 MAX_TEMPERATURE = 2.0
+MAX_NUM_SAMPLES = 16
+MAX_PROMPT_CHARS = 10_000  # only the last block_size characters condition the model anyway
 EMPTY_PROMPT_CONTEXT = "\n"  # an empty prompt starts the model at the beginning of a line
+WINDOWS = ("fast", "exact")
+PRECISIONS = ("float32", "int8")
 
 
 class InputError(ValueError):
     """Input a person can fix; the message says how."""
 
 
-def check_settings(max_new_tokens: object, temperature: object) -> tuple[int, float]:
-    """Validate the token count and temperature; return them as int and float."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, float)):
-        raise InputError(f"the number of characters must be a whole number, not {max_new_tokens!r}")
-    if max_new_tokens != int(max_new_tokens) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
-        raise InputError(
-            f"the number of characters must be a whole number from 1 to {MAX_NEW_TOKENS}, not {max_new_tokens}"
-        )
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise InputError(f"temperature must be a number, not {temperature!r}")
-    if not (math.isfinite(temperature) and 0 <= temperature <= MAX_TEMPERATURE):
-        raise InputError(f"temperature must be between 0 (greedy) and {MAX_TEMPERATURE}, not {temperature}")
-    return int(max_new_tokens), float(temperature)
+# --- Decoding ------------------------------------------------------------------------------------
+
+
+class Step(NamedTuple):
+    tokens: torch.Tensor  # (B,) the sampled token of each sequence
+    probs: torch.Tensor  # (B, V) the model's distribution they were drawn from, at temperature 1
+
+
+def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
+    """Run idx (B, T) at positions 0..T-1, filling the KV caches; returns the last logits (B, V)."""
+    model.setup_cache(idx.size(0))
+    return model(idx, input_pos=0)[0][:, -1]
+
+
+def decode_one(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
+    """Run one token (B, 1) at position `pos`, attending to the cache; returns its logits (B, V)."""
+    return model(token, input_pos=pos)[0][:, -1]
+
+
+@torch.inference_mode()
+def stream(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    window: str = "fast",
+) -> Iterator[Step]:
+    """Yield max_new_tokens Steps continuing idx (B, T); B sequences are sampled side by side."""
+    if window not in WINDOWS:
+        raise ValueError(f"window must be one of {WINDOWS}, not {window!r}")
+    block_size = model.config.block_size
+    keep = block_size // 2 if window == "fast" else block_size
+    context = idx[:, -block_size:]
+    logits = prefill(model, context)
+    for i in range(max_new_tokens):
+        token = sample_next(logits, temperature, top_k, top_p, generator)
+        yield Step(token[:, 0], F.softmax(logits.float(), dim=-1))
+        if i == max_new_tokens - 1:
+            break
+        context = torch.cat([context, token], dim=1)
+        if context.size(1) <= block_size:
+            logits = decode_one(model, token, context.size(1) - 1)
+        else:  # the cache is full: start again from the most recent `keep` tokens
+            context = context[:, -keep:]
+            logits = prefill(model, context)
+
+
+# --- Inference precision -------------------------------------------------------------------------
+# Decoding one character reads every weight once, so at batch 1 it is bound by memory bandwidth,
+# not arithmetic: fewer bytes per weight is the speed-up.
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer with int8 weights and one scale per output row (weight-only quantisation).
+
+    The matmul runs on bfloat16 activations (PyTorch's int8 weight kernel is fast only for those);
+    input and output stay float32, like the rest of the model.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+        # Still parameters (frozen), so num_params() counts the same model.
+        self.weight = nn.Parameter((weight / scales[:, None]).round().to(torch.int8), requires_grad=False)
+        self.register_buffer("scales", scales.to(torch.bfloat16))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.size(-1)).to(torch.bfloat16)
+        y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales).float().view(*x.shape[:-1], -1)
+        return y if self.bias is None else y + self.bias
+
+
+def for_inference(model: GPT, precision: str = "float32") -> GPT:
+    """The model in eval mode, as is (float32) or with int8 linear weights (CPU only). In place."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "int8":
+        for module in list(model.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, nn.Linear):
+                    setattr(module, name, Int8Linear(child))
+    return model.eval()
+
+
+# --- Text in, text out ---------------------------------------------------------------------------
+
+
+def check_settings(
+    max_new_tokens: object,
+    temperature: object,
+    top_k: object = None,
+    top_p: object = None,
+    num_samples: object = 1,
+) -> tuple[int, float, int | None, float | None, int]:
+    """Validate the sampling settings; return them typed. None (or 0 for top_k) turns a filter off."""
+    max_new_tokens = _whole_number("the number of characters", max_new_tokens, 1, MAX_NEW_TOKENS)
+    temperature = _number("temperature", temperature, 0, MAX_TEMPERATURE, "0 (greedy)")
+    top_k = None if top_k is None else _whole_number("top-k", top_k, 0, None) or None
+    top_p = None if top_p is None else _number("top-p", top_p, 0, 1, "0")
+    if top_p == 0:
+        raise InputError("top-p must be above 0 (1 keeps every character), not 0")
+    num_samples = _whole_number("the number of samples", num_samples, 1, MAX_NUM_SAMPLES)
+    return max_new_tokens, temperature, top_k, top_p, num_samples
+
+
+def _number(name: str, value: object, low: float, high: float, low_text: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number, not {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise InputError(f"{name} must be between {low_text} and {high}, not {value}")
+    return float(value)
+
+
+def _whole_number(name: str, value: object, low: int, high: int | None) -> int:
+    allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a whole number {allowed}, not {value!r}")
+    if not math.isfinite(value) or value != int(value) or value < low or (high is not None and value > high):
+        raise InputError(f"{name} must be a whole number {allowed}, not {value}")
+    return int(value)
 
 
 def clean_prompt(tokenizer: CharTokenizer, prompt: object) -> str:
@@ -47,10 +180,17 @@ def clean_prompt(tokenizer: CharTokenizer, prompt: object) -> str:
         prompt = ""
     if not isinstance(prompt, str):
         raise InputError(f"the prompt must be text, not {type(prompt).__name__}")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InputError(f"the prompt is {len(prompt):,} characters long; the limit is {MAX_PROMPT_CHARS:,}")
     try:
         return tokenizer.normalize(prompt)
     except UnknownCharactersError as err:
         raise InputError(str(err)) from None
+
+
+class TextStep(NamedTuple):
+    chars: list[str]  # the new character of each sample
+    probs: torch.Tensor  # (num_samples, V) the model's distribution for this character, at temperature 1
 
 
 def complete(
@@ -60,24 +200,29 @@ def complete(
     max_new_tokens: object,
     temperature: object = 0.8,
     seed: int | None = None,
-) -> Iterator[str]:
-    """Yield the cleaned prompt, then each new character as it is sampled.
+    top_k: object = None,
+    top_p: object = None,
+    num_samples: object = 1,
+    window: str = "fast",
+) -> tuple[str, Iterator[TextStep]]:
+    """Check the input, then return the cleaned prompt and a stream of the new characters.
 
-    Joined, the pieces are the prompt followed by exactly max_new_tokens characters. A prompt longer
-    than the context is still returned whole; the model conditions on its last block_size characters.
-    Raises InputError (before yielding anything) for input that cannot be used.
+    Each sample is the prompt followed by exactly max_new_tokens characters. A prompt longer than the
+    context is returned whole; the model conditions on its last block_size characters. Raises
+    InputError, before any generation, for input that cannot be used.
     """
     text = clean_prompt(tokenizer, prompt)
-    max_new_tokens, temperature = check_settings(max_new_tokens, temperature)
+    max_new_tokens, temperature, top_k, top_p, num_samples = check_settings(
+        max_new_tokens, temperature, top_k, top_p, num_samples
+    )
     generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
-    idx = torch.tensor([tokenizer.encode(text or EMPTY_PROMPT_CONTEXT)], dtype=torch.long)
-    yield text
-    for token in model.stream(idx, max_new_tokens, temperature, generator):
-        yield tokenizer.vocab[token.item()]
+    idx = torch.tensor([tokenizer.encode(text or EMPTY_PROMPT_CONTEXT)]).repeat(num_samples, 1)
+    steps = stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, window)
+    return text, (TextStep([tokenizer.vocab[t] for t in step.tokens.tolist()], step.probs) for step in steps)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,21 +230,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prompt", nargs="?", default="", help="text to continue (empty: start a new line)")
     parser.add_argument("-n", "--max-new-tokens", type=int, default=200, help=f"characters to add (1-{MAX_NEW_TOKENS})")
     parser.add_argument("-t", "--temperature", type=float, default=0.8, help="0 is greedy; higher is more random")
+    parser.add_argument("--top-k", type=int, default=None, help="sample only from the k likeliest characters")
+    parser.add_argument("--top-p", type=float, default=None, help="sample only from the likeliest characters whose "
+                        "probabilities add up to p (nucleus sampling)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None, help="fix the sampling for repeatable output")
-    parser.add_argument("--weights", default=str(WEIGHTS_DIR), help="weights folder, or hf://USER/NAME on the Hub")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent continuations, sampled as a batch")
+    parser.add_argument("--window", choices=WINDOWS, default="fast", help="past the context window (see module doc)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="inference precision")
+    parser.add_argument("--model", "--weights", dest="weights", default=str(WEIGHTS_DIR),
+                        help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.weights)
-        pieces = complete(
-            model, CharTokenizer(model.config.vocab), args.prompt, args.max_new_tokens, args.temperature, args.seed
-        )
-        for piece in pieces:
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    except (InputError, FileNotFoundError) as err:
+        model = for_inference(load_model(args.weights), args.precision)
+        prompt, steps = complete(
+            model, CharTokenizer(model.config.vocab), args.prompt, args.max_new_tokens, args.temperature,
+            args.seed, args.top_k, args.top_p, args.num_samples, args.window,
+        )  # fmt: skip
+        if args.num_samples == 1:  # print as it goes
+            sys.stdout.write(prompt)
+            for step in steps:
+                sys.stdout.write(step.chars[0])
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            texts = [prompt] * args.num_samples
+            for step in steps:
+                texts = [text + char for text, char in zip(texts, step.chars, strict=True)]
+            sys.stdout.write("\n".join(f"--- sample {i + 1}\n{text}" for i, text in enumerate(texts)) + "\n")
+    except (InputError, WeightsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    sys.stdout.write("\n")
     return 0
 
 

@@ -1,9 +1,11 @@
-"""Share weights through the Hugging Face Hub.
+"""Share models through the Hugging Face Hub.
 
-    python -m tinygpt.hub push weights USER/NAME      # upload a weights folder as a model repo
-    python app.py --weights hf://USER/NAME            # any --weights option also takes hf:// names
+    python train.py --push-to-hub USER/NAME           # train, then upload OUT as a model repo
+    python -m tinygpt.hub push weights USER/NAME      # upload a weights folder that already exists
+    python app.py --model USER/NAME                   # any --model option also takes a Hub repo
 
-Nothing here runs unless asked: by default the app and the tools read local files only.
+GPT is a huggingface_hub PyTorchModelHubMixin, so GPT.from_pretrained, save_pretrained and
+push_to_hub work too. Nothing here runs unless asked: by default everything reads local files only.
 """
 
 from __future__ import annotations
@@ -12,33 +14,94 @@ import argparse
 import sys
 from pathlib import Path
 
-HF_PREFIX = "hf://"
-# What a weights folder holds besides the resumable checkpoint, which stays local.
-SHARED_FILES = ["model.safetensors", "config.json", "train_log.jsonl", "loss_curve.png"]
+from tinygpt.config import GPTConfig
+from tinygpt.data import DEFAULT_DATA
+
+# What a weights folder shares; the resumable training checkpoint stays local.
+SHARED_FILES = ["model.safetensors", "config.json", "README.md", "train_log.jsonl", "loss_curve.png"]
+DATASET = "karpathy/tiny_shakespeare"
+LIBRARY_NAME = "tinygpt"
 
 
-def is_hub_name(weights: str | Path) -> bool:
-    return str(weights).startswith(HF_PREFIX)
+def card_metadata() -> dict:
+    """The model card's metadata, also given to PyTorchModelHubMixin by tinygpt.model.GPT.
+
+    A new dict each time: the mixin appends its own tags to the list it is given.
+    """
+    tags = ["text-generation", "character-level", "shakespeare", "pytorch"]
+    return dict(library_name=LIBRARY_NAME, license="mit", pipeline_tag="text-generation", tags=tags)
 
 
-def download(weights: str) -> Path:
-    """hf://USER/NAME[@REVISION] -> local folder with model.safetensors and config.json (cached)."""
-    from huggingface_hub import snapshot_download  # imported here: only needed when asked for
+def is_model_card(text: str) -> bool:
+    """Whether a README.md is a card this module wrote (and so may be rewritten)."""
+    return text.startswith("---\n") and f"library_name: {LIBRARY_NAME}\n" in text
 
-    repo_id, _, revision = weights.removeprefix(HF_PREFIX).partition("@")
-    try:
-        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=SHARED_FILES))
-    except Exception as err:  # offline, unknown repo, no access: one clear message for all of them
-        raise FileNotFoundError(f"could not fetch {weights} from the Hugging Face Hub: {err}") from err
+
+def model_card(config: GPTConfig, results: dict | None = None) -> str:
+    """The README.md of a weights folder: Hub metadata (YAML front matter) and a short description.
+
+    `results` is a training summary: val_loss and bpc (tinygpt.evaluate), and optionally data (the
+    corpus file's name), params, steps, elapsed_s and hardware.
+    """
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = results or {}
+    shakespeare = results.get("data", DEFAULT_DATA.name) == DEFAULT_DATA.name
+    corpus = "Tiny Shakespeare" if shakespeare else f"`{results['data']}`"
+    evals = None
+    if "val_loss" in results:
+        evals = [
+            EvalResult(
+                task_type="text-generation",
+                dataset_type=DATASET if shakespeare else "text",
+                dataset_name=corpus.strip("`"),
+                dataset_split="validation",
+                metric_type="loss",
+                metric_value=results["val_loss"],
+                metric_name="validation loss (nats per character)",
+            )
+        ]
+    data = ModelCardData(**card_metadata(), datasets=[DATASET] if shakespeare else None, model_name="Tiny_GPT",
+                         eval_results=evals)  # fmt: skip
+    c = config
+    lines = [
+        "---", data.to_yaml(), "---", "",
+        "# Tiny_GPT", "",
+        f"A character-level GPT ({c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, context {c.block_size}, "
+        f"{len(c.vocab)}-character vocabulary) trained from scratch on {corpus}. Give it the start of some text "
+        "and it writes the next characters, one at a time.", "",
+        "```python",
+        "from tinygpt.model import GPT  # from the Tiny_GPT repository",
+        "",
+        'model = GPT.from_pretrained("USER/NAME")  # this repo, or a local folder',
+        "```", "",
+        "or `python app.py --model USER/NAME` for the Gradio demo. The weights are `model.safetensors`; "
+        "`config.json` holds every hyperparameter and the vocabulary.", "",
+    ]  # fmt: skip
+    if evals:
+        lines += ["## Results", ""]
+        lines += [f"- validation loss: {results['val_loss']} nats per character ({results['bpc']} bits per "
+                  "character) on the last 10% of the corpus, from `python -m tinygpt.evaluate`"]  # fmt: skip
+        if "params" in results:
+            lines += [f"- parameters: {results['params']:,}"]
+        if "steps" in results:
+            where = f" on {results['hardware']}" if "hardware" in results else ""
+            lines += [f"- training: {results['steps']} steps of {c.batch_size * c.grad_accum} x {c.block_size} "
+                      f"characters, {c.dtype}, {results.get('elapsed_s', 0):.0f} s{where}"]  # fmt: skip
+        lines += [""]
+    return "\n".join(lines)
 
 
 def push(weights_dir: str | Path, repo_id: str, private: bool = False) -> str:
-    """Upload a weights folder to a model repo (created if missing); returns the repo's URL."""
+    """Upload a weights folder to a model repo (created if missing); returns the repo's URL.
+
+    The folder is loaded first, so broken weights are never published.
+    """
     from huggingface_hub import HfApi
 
-    weights_dir = Path(weights_dir)
-    if not (weights_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{weights_dir / 'model.safetensors'} not found")
+    from tinygpt.checkpoint import load_model  # imported here: checkpoint imports this module
+
+    load_model(weights_dir)  # raises WeightsError naming the problem
     api = HfApi()
     url = api.create_repo(repo_id, private=private, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=weights_dir, allow_patterns=SHARED_FILES,
@@ -56,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         print(push(args.weights, args.repo_id, args.private))
-    except Exception as err:  # network, auth and missing files all end up here; say what happened
+    except Exception as err:  # network, auth and broken weights all end up here; say what happened
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,19 +1,22 @@
 """The GPT of the seed's steps 8-12: attention heads, feed-forward, blocks, and the model.
 
 Read top to bottom: KVCache -> MultiHeadAttention (steps 8 and 9) -> FeedForward (10)
--> Block (11) -> GPT (12) with its `generate`. Text in, text out lives in `tinygpt.generate`.
+-> Block (11) -> GPT (12) with its `generate`. Cached, fast generation lives in `tinygpt.generate`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
 from tinygpt.config import GPTConfig
+from tinygpt.hub import card_metadata
+from tinygpt.sampling import sample_next
 
 
 class KVCache(nn.Module):
@@ -52,9 +55,8 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
         B, T, N = x.shape
-        q, k, v = self.qkv(x).split(N, dim=2)
-        # (B, T, N) -> (B, n_head, T, head_size)
-        q, k, v = (t.view(B, T, self.n_head, N // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # (B, T, 3N) -> three (B, n_head, T, head_size)
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, N // self.n_head).permute(2, 0, 3, 1, 4)
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("call GPT.setup_cache() before decoding with input_pos")
@@ -99,8 +101,12 @@ class Block(nn.Module):
         return x
 
 
-class GPT(nn.Module):
-    """Token + position embeddings, L blocks, a final LayerNorm and a linear map to the vocabulary."""
+class GPT(nn.Module, PyTorchModelHubMixin, **card_metadata()):
+    """Token + position embeddings, L blocks, a final LayerNorm and a linear map to the vocabulary.
+
+    Hugging Face's mixin adds save_pretrained(DIR), GPT.from_pretrained(DIR or USER/NAME) and
+    push_to_hub(USER/NAME); the two hooks at the end route them through tinygpt.checkpoint.
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -157,52 +163,35 @@ class GPT(nn.Module):
         return logits, loss
 
     def setup_cache(self, batch_size: int = 1) -> None:
-        """Give every attention layer a KV cache as long as the context."""
+        """Give every attention layer a KV cache as long as the context (kept if it already fits)."""
         c = self.config
-        device = self.lm_head.weight.device
+        weight = self.token_embedding.weight  # the cache lives where, and in the precision, the model does
         for block in self.blocks:
-            block.attn.kv_cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size).to(device)
+            cache = block.attn.kv_cache
+            if cache is None or cache.k.size(0) != batch_size or cache.k.dtype != weight.dtype:
+                cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size)
+                block.attn.kv_cache = cache.to(device=weight.device, dtype=weight.dtype)
 
-    @torch.inference_mode()
-    def stream(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-    ) -> Iterator[torch.Tensor]:
-        """Yield max_new_tokens sampled tokens (B, 1), one at a time, continuing idx (B, T).
-
-        The model only ever sees the last block_size tokens. Within that window each new token
-        costs one cached step (prefill once, then decode); once the window slides, every position
-        shifts, so the window is recomputed from scratch: same function, just slower.
-        """
-        T = self.config.block_size
-        context = idx[:, -T:]
-        self.setup_cache(idx.size(0))
-        logits = self(context, input_pos=0)[0][:, -1]  # prefill
-        for i in range(max_new_tokens):
-            token = sample_next(logits, temperature, generator)
-            yield token
-            if i == max_new_tokens - 1:
-                break
-            context = torch.cat([context, token], dim=1)
-            if context.size(1) <= T:
-                logits = self(token, input_pos=context.size(1) - 1)[0][:, -1]  # decode
-            else:
-                context = context[:, -T:]
-                logits = self(context, input_pos=0)[0][:, -1]
-
+    @torch.no_grad()
     def generate(
         self,
         idx: torch.Tensor,
         max_new_tokens: int,
         temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens)."""
-        new = list(self.stream(idx, max_new_tokens, temperature, generator))
-        return torch.cat([idx, *new], dim=1)
+        """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens).
+
+        The seed's generate, kept as the reference: every step runs the whole context (cropped to
+        the last block_size tokens) through the model. `tinygpt.generate.stream` gives the same
+        tokens with a KV cache, much faster.
+        """
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.config.block_size :])
+            idx = torch.cat([idx, sample_next(logits[:, -1], temperature, top_k, top_p, generator)], dim=1)
+        return idx
 
     def configure_optimizer(self) -> torch.optim.AdamW:
         """AdamW (seed step 14), with weight decay on matrices only."""
@@ -215,10 +204,19 @@ class GPT(nn.Module):
         ]
         return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
 
+    # PyTorchModelHubMixin hooks: atomic writes of model.safetensors, config.json (the flat GPTConfig)
+    # and the model card on save; every file checked on load. (Imported here: checkpoint imports GPT.)
+    def _save_pretrained(self, save_directory: Path) -> None:
+        from tinygpt.checkpoint import save_model
 
-def sample_next(logits: torch.Tensor, temperature: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = F.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator)
+        save_model(self, save_directory)
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **options: object) -> GPT:
+        from tinygpt.checkpoint import load_model
+
+        hub_options = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+        return load_model(model_id, map_location, **{k: options[k] for k in hub_options if k in options})
+
+
+TinyGPT = GPT  # an alias that reads well in Hub snippets: TinyGPT.from_pretrained("USER/NAME")

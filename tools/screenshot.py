@@ -43,13 +43,15 @@ def main() -> None:
             page.goto(f"http://127.0.0.1:{args.port}/")
             page.get_by_label("Prompt").fill(args.prompt)
             page.get_by_text("Advanced").click()
-            page.get_by_label("Seed (empty: random)").fill("1")
+            page.get_by_label("Random seed").uncheck()
+            page.get_by_label("Seed (the last one used)").fill("1")
             page.get_by_role("button", name="Generate").click()
             page.wait_for_function(
                 "n => { const t = [...document.querySelectorAll('textarea')].pop(); return t && t.value.length >= n; }",
                 arg=len(args.prompt) + 300,
                 timeout=60_000,
             )
+            page.locator("#candidates").get_by_text("%").first.wait_for(timeout=30_000)
             time.sleep(0.5)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out), full_page=True)
