@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-naive", action="store_true", help="leave out (a), the slow one")
+    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table for 200 int8 steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results: dict = {"threads": args.threads, "new_chars": args.tokens, "prompt_chars": 100}
@@ -127,6 +128,15 @@ def main() -> None:
             twin.generate(prompt, **{**options, "max_new_tokens": 20, "min_new_tokens": 20})  # warm up
             twin_s = seconds(lambda: twin.generate(prompt, **options))
         results["transformers_chars_per_s"] = round(n / twin_s, 1)
+
+    if args.profile:
+        from torch.profiler import profile
+
+        fast = for_inference(load_model(args.weights), "int8")
+        with profile() as prof:
+            for _ in stream(fast, prompt, 200, **sampling):
+                pass
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
 
     best = max(PRECISIONS, key=lambda p: results[p]["chars_per_s"])
     summary = {

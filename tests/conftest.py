@@ -58,29 +58,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tiny_weights):
-    """`python app.py` as a user would start it, on a free port; stopped by PID at the end."""
+def start_app(weights: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """Start `python app.py` on a free port with its output going to `log`; returns (process, URL).
+
+    A file, not a pipe: an unread pipe fills up once the server has logged ~64 KB, and then the
+    server blocks on its next write (every request hangs).
+    """
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(tiny_weights)]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/"
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(weights)]
+    with log.open("w") as out:  # the child keeps its own handle
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
+            return process, f"http://127.0.0.1:{port}/"
         except OSError:
             if process.poll() is not None:
-                pytest.fail(f"app.py exited early:\n{process.stdout.read()}")
+                pytest.fail(f"app.py exited early:\n{log.read_text()}")
             time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("app.py did not start listening within 90 s")
-    yield url
+    stop_app(process)
+    pytest.fail("app.py did not start listening within 90 s")
+
+
+def stop_app(process: subprocess.Popen) -> None:
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`python app.py` as a user would start it, on a free port; stopped by PID at the end."""
+    process, url = start_app(tiny_weights, tmp_path_factory.mktemp("app") / "app.log")
+    yield url
+    stop_app(process)

@@ -96,3 +96,10 @@ def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(server):
         with pytest.raises(Exception, match=message):
             client.predict(*args, api_name="/generate")
     assert len(client.predict("hi", 10, api_name="/generate")) == 12
+
+
+def test_stop_cancels_a_running_generation(tiny_model):
+    demo = build_demo(tiny_model)
+    write = next(i for i, dep in demo.fns.items() if dep.name == "write")
+    stop = [dep for dep in demo.fns.values() if dep.cancels]
+    assert len(stop) == 1 and stop[0].cancels == [write]

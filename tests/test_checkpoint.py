@@ -175,9 +175,11 @@ def test_each_fault_is_one_clear_error_naming_the_file(broken):
             GPT.from_pretrained(folder)
 
 
-def test_a_missing_folder_is_a_clear_error(tmp_path):
+def test_a_missing_folder_or_a_file_for_a_folder_is_a_clear_error(tiny_weights, tmp_path):
     with pytest.raises(WeightsError, match="not found: no such folder"):
         load_model(tmp_path / "nothing" / "here")
+    with pytest.raises(WeightsError, match=r"model\.safetensors is a file: give the folder"):
+        load_model(tiny_weights / "model.safetensors")
 
 
 @pytest.mark.parametrize("broken", ["weights truncated", "config says another shape"], indirect=True)
@@ -268,3 +270,10 @@ def test_app_refuses_broken_weights_at_start_up(broken, how):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {folder}") and message in line
+
+
+def test_saving_never_overwrites_a_readme_that_is_not_a_model_card(tiny_model, tmp_path):
+    (tmp_path / "README.md").write_text("# My project\n")
+    save_model(tiny_model, tmp_path)
+    assert (tmp_path / "README.md").read_text() == "# My project\n"
+    assert load_model(tmp_path).config == tiny_model.config

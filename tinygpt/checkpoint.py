@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import safetensors.torch
 import torch
@@ -121,6 +122,8 @@ def read_config(path: Path) -> GPTConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise WeightsError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise WeightsError(f"{path} cannot be read: {err.strerror or err}") from None
     if not isinstance(raw, dict):
         raise WeightsError(f"{path} should hold a JSON object of hyperparameters, not {type(raw).__name__}")
     try:
@@ -164,6 +167,8 @@ def resolve(
     hf://OWNER/NAME@REVISION), fetched into the Hugging Face cache (or found there when offline)."""
     if Path(name).is_dir():
         return Path(name)
+    if Path(name).exists():
+        raise WeightsError(f"{name} is a file: give the folder that holds {CONFIG_FILE} and {WEIGHTS_FILE}")
     match = HUB_NAME.fullmatch(str(name))
     if not match:
         raise WeightsError(f"{name} not found: no such folder")
@@ -188,7 +193,7 @@ def resolve(
     return Path(folder)
 
 
-def load_model(name: str | Path = WEIGHTS_DIR, device: str = "cpu", **hub_options) -> GPT:
+def load_model(name: str | Path = WEIGHTS_DIR, device: str = "cpu", **hub_options: Any) -> GPT:
     """The model in a weights folder or Hub repo (see `resolve`), checked and in eval mode.
 
     Raises WeightsError, naming the file, if anything is missing, unreadable or inconsistent.

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
 from tinygpt.data import DEFAULT_DATA, load_splits
+from tinygpt.generate import PRECISIONS, for_inference
 from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
@@ -58,16 +59,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus; its last 10%% is the validation split")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+                        help="score the model as the demo runs it (int8) or as trained (float32)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        model = load_model(args.weights)
+        model = for_inference(load_model(args.weights), args.precision)
         _, _, val_ids = load_splits(args.data, CharTokenizer(model.config.vocab))
     except (FileNotFoundError, UnknownCharactersError, ValueError) as err:  # ValueError includes WeightsError
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
     result = validation_loss(model, val_ids, args.batch_size)
-    result.update(params=model.num_params(), seconds=round(time.perf_counter() - started, 2))
+    result.update(params=model.num_params(), precision=args.precision, seconds=round(time.perf_counter() - started, 2))
     print(json.dumps(result))
     return 0
 

@@ -37,6 +37,7 @@ from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 MAX_NEW_TOKENS = 2000
 MAX_TEMPERATURE = 2.0
 MAX_NUM_SAMPLES = 16
+MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 10_000  # only the last block_size characters condition the model anyway
 EMPTY_PROMPT_CONTEXT = "\n"  # an empty prompt starts the model at the beginning of a line
 WINDOWS = ("fast", "exact")
@@ -157,10 +158,17 @@ def check_settings(
     return max_new_tokens, temperature, top_k, top_p, num_samples
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: far out of any range here
+        return False
+
+
 def _number(name: str, value: object, low: float, high: float, low_text: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{name} must be a number, not {value!r}")
-    if not (math.isfinite(value) and low <= value <= high):
+    if not (_finite(value) and low <= value <= high):
         raise InputError(f"{name} must be between {low_text} and {high}, not {value}")
     return float(value)
 
@@ -169,7 +177,7 @@ def _whole_number(name: str, value: object, low: int, high: int | None) -> int:
     allowed = f"from {low} to {high}" if high is not None else f"{low} or more"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InputError(f"{name} must be a whole number {allowed}, not {value!r}")
-    if not math.isfinite(value) or value != int(value) or value < low or (high is not None and value > high):
+    if not _finite(value) or value != int(value) or value < low or (high is not None and value > high):
         raise InputError(f"{name} must be a whole number {allowed}, not {value}")
     return int(value)
 
@@ -199,7 +207,7 @@ def complete(
     prompt: object,
     max_new_tokens: object,
     temperature: object = 0.8,
-    seed: int | None = None,
+    seed: object = None,
     top_k: object = None,
     top_p: object = None,
     num_samples: object = 1,
@@ -215,6 +223,7 @@ def complete(
     max_new_tokens, temperature, top_k, top_p, num_samples = check_settings(
         max_new_tokens, temperature, top_k, top_p, num_samples
     )
+    seed = None if seed is None else _whole_number("the seed", seed, 0, MAX_SEED)
     generator = torch.Generator()
     if seed is None:
         generator.seed()

@@ -20,6 +20,7 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens ranked above it already reach top_p.
         drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop_sorted[:, 0] = False  # even when top_p rounds to 0 in float32
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -35,5 +36,8 @@ def sample_next(
     """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = filter_logits(logits.float() / temperature, top_k, top_p)
+    # In float64, minus the largest logit: any temperature above 0, however tiny, then leaves the
+    # likeliest token at 0 and sends the others towards -inf, instead of overflowing to inf or NaN.
+    logits = logits.double()
+    logits = filter_logits((logits - logits.max(dim=-1, keepdim=True).values) / temperature, top_k, top_p)
     return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
