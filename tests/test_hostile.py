@@ -158,9 +158,7 @@ WRONG_TYPES = st.one_of(
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 COUNTS = st.one_of(st.integers(-3, 30), st.sampled_from([0, MAX_NEW_TOKENS + 1, 10**9, -BIG, BIG]), FINITE,
                    st.floats(-3, 30), WRONG_TYPES)  # fmt: skip
-TEMPERATURES = st.one_of(
-    st.floats(-0.5, 2.5), st.integers(-3, 3), st.sampled_from([BIG, -BIG]), FINITE, WRONG_TYPES
-)
+TEMPERATURES = st.one_of(st.floats(-0.5, 2.5), st.integers(-3, 3), st.sampled_from([BIG, -BIG]), FINITE, WRONG_TYPES)
 TOP_KS = st.one_of(st.integers(-3, 80), st.sampled_from([BIG, -BIG]), st.floats(-3, 80), FINITE, WRONG_TYPES)
 TOP_PS = st.one_of(st.floats(-0.5, 1.5), st.sampled_from([0, BIG, -BIG]), FINITE, WRONG_TYPES)
 SEEDS = st.one_of(st.integers(-(2**40), 2**40), st.sampled_from([MAX_SEED, MAX_SEED + 1, BIG]), FINITE, WRONG_TYPES)
