@@ -287,6 +287,7 @@ def train(
             log.write(json.dumps({"step": step, "final": summary}) + "\n")
     if is_main:
         log.close()
-    if world > 1:
+    if world > 1:  # leave together: a process that tears down while rank 0 still saves can abort in gloo
+        dist.barrier()
         dist.destroy_process_group()
     return summary
