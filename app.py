@@ -195,6 +195,14 @@ def build_demo(model: GPT, folder: Path | None = None) -> gr.Blocks:
             curve = folder / "loss_curve.png" if folder else None
             if curve and curve.is_file():
                 gr.Image(str(curve), label="Training and validation loss", show_label=True, interactive=False)
+            gr.Markdown(
+                "## Dataset and training your own\n"
+                "Tiny Shakespeare: 1,115,394 characters of Shakespeare's plays (Karpathy's char-rnn "
+                "`input.txt`, in `data/`); the first 90% trains, the last 10% validates. To train on your "
+                "own text, on a laptop CPU:\n\n"
+                "```bash\npython train.py --data my_text.txt --out runs/mine   # Ctrl-C saves; --resume "
+                "continues\npython app.py --model runs/mine\n```"
+            )
             with gr.Accordion("Configuration (config.json)", open=False):
                 gr.JSON({k: v for k, v in vars(model.config).items() if k != "vocab"})
         # Generation runs one at a time (concurrency group "model"): the model's KV cache is a single
