@@ -17,11 +17,11 @@ class GPTConfig:
     n_layer: int = 6  # L
     n_head: int = 4
     n_embd: int = 256  # N
-    dropout: float = 0.2  # on embeddings and on each residual branch
+    dropout: float = 0.1  # on embeddings and on each residual branch
 
     # Optimisation (seed step 14).
     batch_size: int = 32  # B
-    max_iters: int = 2200
+    max_iters: int = 2600
     learning_rate: float = 2e-3
     min_lr: float = 2e-4  # cosine decay ends here
     warmup_iters: int = 200
@@ -31,7 +31,7 @@ class GPTConfig:
     grad_clip: float = 1.0
     grad_accum: int = 1  # micro-batches per step: the effective batch is batch_size x grad_accum x processes
     dtype: str = "bfloat16"  # autocast matmuls to this (float16 adds a gradient scaler); bfloat16: ~1.7x on this CPU
-    ema_decay: float = 0.0  # > 0: ship an exponential moving average of the weights, not the last step's
+    ema_decay: float = 0.998  # > 0: ship an exponential moving average of the weights, not the last step's
 
     # Bookkeeping.
     eval_interval: int = 250

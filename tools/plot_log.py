@@ -28,6 +28,8 @@ def main() -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
     ax.plot(steps, [r["train_loss"] for r in curve], label="train (estimate)")
     ax.plot(steps, [r["val_loss"] for r in curve], label="validation (estimate)")
+    if all("ema_val_loss" in r for r in curve):  # runs with --ema-decay also track the averaged weights
+        ax.plot(steps, [r["ema_val_loss"] for r in curve], label="validation, averaged weights (estimate)")
     if final:
         ax.axhline(
             final["val_loss"], color="gray", ls="--", lw=1, label=f"final exact val loss {final['val_loss']:.4f}"
