@@ -20,6 +20,9 @@ from tinygpt.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The test models are tiny: one thread runs them fastest, and never waits on a busy second core.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def corpus() -> str:

@@ -6,7 +6,10 @@ from gradio_client import Client
 
 from app import build_demo, inside_view, make_generate, make_run
 from tinygpt.checkpoint import load_model
+from tinygpt.data import DEFAULT_DATA
+from tinygpt.draft import NGramDraft
 from tinygpt.generate import for_inference
+from tinygpt.tokenizer import CharTokenizer
 
 
 def test_generate_streams_the_growing_text_and_ends_with_prompt_plus_n(tiny_model):
@@ -79,9 +82,11 @@ def test_api_takes_every_parameter_by_name_and_the_seed_reproduces(server, tiny_
     text = client.predict(**params, api_name="/generate")
     assert client.predict(**params, api_name="/generate") == text
     assert client.predict(**{**params, "seed": 12}, api_name="/generate") != text
-    # The server's answer is the library's answer for the same settings (the app serves int8 weights).
+    # The server's answer is the library's answer for the same settings: the app serves int8 weights
+    # and decodes speculatively with the corpus's draft.
     model = for_inference(load_model(tiny_weights), "int8")
-    assert text == list(make_generate(model)(*params.values()))[-1]
+    draft = NGramDraft.from_corpus(DEFAULT_DATA, CharTokenizer(model.config.vocab))
+    assert text == list(make_generate(model, draft)(*params.values()))[-1]
 
 
 @pytest.mark.slow

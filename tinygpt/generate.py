@@ -30,8 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinygpt.checkpoint import WEIGHTS_DIR, WeightsError, load_model
+from tinygpt.data import DEFAULT_DATA
+from tinygpt.draft import NGramDraft
 from tinygpt.model import GPT
-from tinygpt.sampling import sample_next
+from tinygpt.sampling import sample_next, sampling_probs
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 MAX_NEW_TOKENS = 2000
@@ -42,6 +44,7 @@ MAX_PROMPT_CHARS = 10_000  # only the last block_size characters condition the m
 EMPTY_PROMPT_CONTEXT = "\n"  # an empty prompt starts the model at the beginning of a line
 WINDOWS = ("fast", "exact")
 PRECISIONS = ("float32", "int8")
+LOOKAHEAD = 4  # drafted characters checked per forward pass
 
 
 class InputError(ValueError):
@@ -96,6 +99,69 @@ def stream(
         else:  # the cache is full: start again from the most recent `keep` tokens
             context = context[:, -keep:]
             logits = prefill(model, context)
+
+
+def without(probs: torch.Tensor, rejected: int) -> torch.Tensor:
+    """probs (V,) with a rejected draft's probability removed, renormalised. Drawing from it after
+    rejecting d (which happens with probability 1 - p(d)) gives each x != d probability p(x) overall."""
+    probs = probs.clone()
+    probs[rejected] = 0
+    return probs / probs.sum()
+
+
+@torch.inference_mode()
+def stream_speculative(
+    model: GPT,
+    idx: torch.Tensor,
+    max_new_tokens: int,
+    draft: NGramDraft,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    lookahead: int = LOOKAHEAD,
+) -> Iterator[Step]:
+    """`stream` with window="fast" for one sequence (B = 1), several characters per forward pass.
+
+    Speculative decoding: each pass feeds the last sampled character and up to `lookahead` drafted
+    ones, which yields the model's distribution after each. Left to right, a drafted character d is
+    kept with probability p(d); otherwise the next character is drawn from p without d (renormalised)
+    and the pass ends; if all are kept, one more is drawn from the last distribution. Each character
+    is so drawn from exactly the distribution `stream` draws it from (p(d) for d, and (1 - p(d)) x
+    p(x) / (1 - p(d)) for any other x), whatever the draft; a good draft only means fewer passes.
+    """
+    if idx.size(0) != 1:
+        raise ValueError(f"speculative decoding runs one sequence at a time, not {idx.size(0)}")
+    block_size = model.config.block_size
+    keep = block_size // 2
+    tokens = idx[0, -block_size:].tolist()
+    logits = prefill(model, idx[:, -block_size:])
+    token = sample_next(logits, temperature, top_k, top_p, generator)
+    yield Step(token[0], F.softmax(logits.float(), dim=-1))
+    tokens.append(token.item())
+    cached = len(tokens) - 1  # positions in the KV cache; the last token is fed with the next pass
+    produced = 1
+    while produced < max_new_tokens:
+        if cached == block_size:  # no room for the last token: re-prefill the most recent `keep`
+            tokens = tokens[-keep:]
+            prefill(model, torch.tensor([tokens[:-1]]))
+            cached = keep - 1
+        drafted = draft.propose(tokens, min(lookahead, block_size - cached - 1, max_new_tokens - produced - 1))
+        logits = model(torch.tensor([tokens[-1:] + drafted]), input_pos=cached)[0][0]
+        probs = sampling_probs(logits, temperature, top_k, top_p)
+        shown = F.softmax(logits.float(), dim=-1)
+        keep_draws = torch.rand(len(drafted), generator=generator, dtype=torch.float64).tolist()
+        p_drafted = probs[torch.arange(len(drafted)), drafted].tolist()
+        kept = 0
+        while kept < len(drafted) and keep_draws[kept] < p_drafted[kept]:
+            yield Step(torch.tensor(drafted[kept : kept + 1]), shown[kept : kept + 1])
+            kept += 1
+        new = probs[kept] if kept == len(drafted) else without(probs[kept], drafted[kept])
+        token = torch.multinomial(new, 1, generator=generator) if temperature else new.argmax(dim=-1, keepdim=True)
+        yield Step(token, shown[kept : kept + 1])
+        tokens += [*drafted[:kept], token.item()]
+        cached += 1 + kept
+        produced += kept + 1
 
 
 # --- Inference precision -------------------------------------------------------------------------
@@ -212,11 +278,13 @@ def complete(
     top_p: object = None,
     num_samples: object = 1,
     window: str = "fast",
+    draft: NGramDraft | None = None,
 ) -> tuple[str, Iterator[TextStep]]:
     """Check the input, then return the cleaned prompt and a stream of the new characters.
 
     Each sample is the prompt followed by exactly max_new_tokens characters. A prompt longer than the
-    context is returned whole; the model conditions on its last block_size characters. Raises
+    context is returned whole; the model conditions on its last block_size characters. With a `draft`,
+    a single sample in the fast window is decoded speculatively (same distribution, fewer passes). Raises
     InputError, before any generation, for input that cannot be used.
     """
     text = clean_prompt(tokenizer, prompt)
@@ -230,7 +298,10 @@ def complete(
     else:
         generator.manual_seed(seed)
     idx = torch.tensor([tokenizer.encode(text or EMPTY_PROMPT_CONTEXT)]).repeat(num_samples, 1)
-    steps = stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, window)
+    if draft is not None and num_samples == 1 and window == "fast":
+        steps = stream_speculative(model, idx, max_new_tokens, draft, temperature, top_k, top_p, generator)
+    else:
+        steps = stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, window)
     return text, (TextStep([tokenizer.vocab[t] for t in step.tokens.tolist()], step.probs) for step in steps)
 
 
@@ -246,14 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=1, help="independent continuations, sampled as a batch")
     parser.add_argument("--window", choices=WINDOWS, default="fast", help="past the context window (see module doc)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="inference precision")
+    parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=True,
+                        help="check several drafted characters per pass (one sample, fast window)")  # fmt: skip
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="corpus whose training split drafts characters")
     parser.add_argument("--model", "--weights", dest="weights", default=str(WEIGHTS_DIR),
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         model = for_inference(load_model(args.weights), args.precision)
+        tokenizer = CharTokenizer(model.config.vocab)
+        draft = NGramDraft.from_corpus(args.data, tokenizer) if args.speculative else None
         prompt, steps = complete(
-            model, CharTokenizer(model.config.vocab), args.prompt, args.max_new_tokens, args.temperature,
-            args.seed, args.top_k, args.top_p, args.num_samples, args.window,
+            model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+            args.seed, args.top_k, args.top_p, args.num_samples, args.window, draft,
         )  # fmt: skip
         if args.num_samples == 1:  # print as it goes
             sys.stdout.write(prompt)

@@ -57,14 +57,15 @@ class MultiHeadAttention(nn.Module):
         B, T, N = x.shape
         # (B, T, 3N) -> three (B, n_head, T, head_size)
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, N // self.n_head).permute(2, 0, 3, 1, 4)
+        mask = None
         if input_pos is not None:
             if self.kv_cache is None:
                 raise RuntimeError("call GPT.setup_cache() before decoding with input_pos")
-            if T > 1 and input_pos != 0:
-                raise ValueError("multi-token steps must start at position 0 (prefill)")
             k, v = self.kv_cache.update(input_pos, k, v)
+            if T > 1 and input_pos > 0:  # several new tokens: each sees the cache and the new ones before it
+                mask = torch.ones(T, input_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=input_pos)
         # A single new token may look at every cached position, so it needs no mask.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, N)
         return self.dropout(self.proj(y))
 

@@ -26,6 +26,20 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+def sampling_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """The distribution (B, C), in float64, that the next tokens are drawn from. Temperature 0 is greedy:
+    all the probability on the likeliest token."""
+    if temperature == 0:
+        return F.one_hot(logits.argmax(dim=-1), logits.size(-1)).double()
+    # In float64, minus the largest logit: any temperature above 0, however tiny, then leaves the
+    # likeliest token at 0 and sends the others towards -inf, instead of overflowing to inf or NaN.
+    logits = logits.double()
+    logits = filter_logits((logits - logits.max(dim=-1, keepdim=True).values) / temperature, top_k, top_p)
+    return F.softmax(logits, dim=-1)
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -36,8 +50,4 @@ def sample_next(
     """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    # In float64, minus the largest logit: any temperature above 0, however tiny, then leaves the
-    # likeliest token at 0 and sends the others towards -inf, instead of overflowing to inf or NaN.
-    logits = logits.double()
-    logits = filter_logits((logits - logits.max(dim=-1, keepdim=True).values) / temperature, top_k, top_p)
-    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1, generator=generator)
+    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
