@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="int8 weights decode ~2x faster on CPU, same validation loss to 4 decimals")  # fmt: skip
     parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=True,
                         help="draft characters from the corpus's n-grams and check several per forward pass: "
-                        "the same text distribution, ~2x faster")  # fmt: skip
+                        "the same text distribution, ~2.3 characters per pass, ~1.2x faster on 2 cores")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         folder = resolve(args.model)
