@@ -159,7 +159,7 @@ def stream_speculative(
             yield Step(torch.tensor(drafted[kept : kept + 1]), shown[kept : kept + 1])
             kept += 1
         new = probs[kept] if kept == len(drafted) else without(probs[kept], drafted[kept])
-        token = torch.multinomial(new, 1, generator=generator) if temperature else new.argmax(dim=-1, keepdim=True)
+        token = torch.multinomial(new, 1, generator=generator)  # greedy: `new` is one-hot, so this is argmax
         yield Step(token, shown[kept : kept + 1])
         tokens += [*drafted[:kept], token.item()]
         cached += 1 + kept
