@@ -6,9 +6,9 @@
 Batch 1, a 100-character prompt and 1000 new characters (so generation runs past the 256-character
 window), temperature 0.8, 2 CPU threads:
   (a) naive         the seed's generate: the whole cropped context through the model per character
-  (b) ours          tinygpt.generate.stream: prefill + KV-cached decode, at each inference precision,
-                    and stream_speculative: drafts from the training split's n-grams, several checked
-                    per forward pass (what the page uses)
+  (b) ours          tinygpt.generate.stream: prefill + KV-cached decode, at each inference precision
+                    and with the C++ decode step ("fused", tinygpt.fused), and stream_speculative:
+                    drafts from the training split's n-grams, several checked per forward pass
   (c) transformers  GPT2LMHeadModel.generate(use_cache=True) with the same dimensions and ReLU, our
                     weights copied in where they map. GPT-2 cannot run past its position table, so its
                     table is extended to 1100 positions (the extra rows are random: speed only).
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
 from tinygpt.data import DEFAULT_DATA, load_text
 from tinygpt.draft import NGramDraft
+from tinygpt.fused import extension
 from tinygpt.generate import PRECISIONS, for_inference, stream, stream_speculative
 from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
@@ -117,11 +118,15 @@ def main() -> None:
     draft = NGramDraft.from_corpus(DEFAULT_DATA, tokenizer)
     results["draft_build_s"] = round(time.perf_counter() - started, 2)
     variants = {}
-    for precision in PRECISIONS:
-        variants[precision] = (precision, stream)
-        variants[f"{precision}+speculative"] = (precision, partial(stream_speculative, draft=draft))
-    for name, (precision, decode) in variants.items():
-        fast = for_inference(load_model(args.weights), precision)
+    kinds = [(precision, False) for precision in PRECISIONS]
+    if extension() is not None:  # the C++ decode step (tinygpt.fused), float32
+        kinds.append(("float32", True))
+    for precision, fused in kinds:
+        name = "fused" if fused else precision
+        variants[name] = (precision, fused, stream)
+        variants[f"{name}+speculative"] = (precision, fused, partial(stream_speculative, draft=draft))
+    for name, (precision, fused, decode) in variants.items():
+        fast = for_inference(load_model(args.weights), precision, fused)
         for _ in decode(fast, prompt, 20, **sampling):  # warm up
             pass
         passes = count_passes(fast)

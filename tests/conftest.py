@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinygpt import fused
 from tinygpt.checkpoint import save_model
 from tinygpt.config import GPTConfig
 from tinygpt.data import DEFAULT_DATA, load_text
@@ -22,6 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The test models are tiny: one thread runs them fastest, and never waits on a busy second core.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpp_decode_step() -> None:
+    """Build the C++ decode step (if it can be) before any test starts app.py, which would build it."""
+    fused.extension()
 
 
 @pytest.fixture(scope="session")

@@ -82,9 +82,9 @@ def test_api_takes_every_parameter_by_name_and_the_seed_reproduces(server, tiny_
     text = client.predict(**params, api_name="/generate")
     assert client.predict(**params, api_name="/generate") == text
     assert client.predict(**{**params, "seed": 12}, api_name="/generate") != text
-    # The server's answer is the library's answer for the same settings: the app serves int8 weights
-    # and decodes speculatively with the corpus's draft.
-    model = for_inference(load_model(tiny_weights), "int8")
+    # The server's answer is the library's answer for the same settings: the app serves float32 weights
+    # through the C++ decode step and decodes speculatively with the corpus's draft.
+    model = for_inference(load_model(tiny_weights), "float32", fused=True)
     draft = NGramDraft.from_corpus(DEFAULT_DATA, CharTokenizer(model.config.vocab))
     assert text == list(make_generate(model, draft)(*params.values()))[-1]
 

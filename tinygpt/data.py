@@ -39,10 +39,10 @@ def get_batch(
     """B random windows of T characters (B, T) and the characters that follow each position."""
     if len(data) <= block_size:
         raise ValueError(f"split of {len(data)} characters is too short for block_size {block_size}")
-    starts = torch.randint(len(data) - block_size, (batch_size,), generator=generator)
-    x = torch.stack([data[i : i + block_size] for i in starts])
-    y = torch.stack([data[i + 1 : i + 1 + block_size] for i in starts])
-    return x, y
+    # Draw on the CPU, whatever device holds the data, so a seed gives the same batches everywhere.
+    starts = torch.randint(len(data) - block_size, (batch_size, 1), generator=generator)
+    positions = (starts + torch.arange(block_size)).to(data.device)
+    return data[positions], data[positions + 1]
 
 
 @torch.no_grad()

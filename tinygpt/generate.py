@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from tinygpt.checkpoint import WEIGHTS_DIR, WeightsError, load_model
 from tinygpt.data import DEFAULT_DATA
 from tinygpt.draft import NGramDraft
+from tinygpt.fused import FusedGPT, extension
 from tinygpt.model import GPT
 from tinygpt.sampling import sample_next, sampling_probs
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
@@ -193,16 +194,23 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def for_inference(model: GPT, precision: str = "float32") -> GPT:
-    """The model in eval mode, as is (float32) or with int8 linear weights (CPU only). In place."""
+def for_inference(model: GPT, precision: str = "float32", fused: bool = False) -> GPT:
+    """The model in eval mode, as is (float32) or with int8 linear weights (CPU only). In place.
+
+    With `fused` (float32 on the CPU), one sequence's cached steps run as one C++ call each
+    (`tinygpt.fused`), where that can be built; otherwise the model stays on PyTorch.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    model.eval()
     if precision == "int8":
         for module in list(model.modules()):
             for name, child in module.named_children():
                 if isinstance(child, nn.Linear):
                     setattr(module, name, Int8Linear(child))
-    return model.eval()
+    elif fused and model.token_embedding.weight.device.type == "cpu" and extension() is not None:
+        return FusedGPT(model)
+    return model
 
 
 # --- Text in, text out ---------------------------------------------------------------------------
@@ -319,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=1, help="independent continuations, sampled as a batch")
     parser.add_argument("--window", choices=WINDOWS, default="fast", help="past the context window (see module doc)")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="inference precision")
+    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
+                        help="float32: one C++ call per decoding step (tinygpt.fused; built on first use)")  # fmt: skip
     parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=True,
                         help="check several drafted characters per pass (one sample, fast window)")  # fmt: skip
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="corpus whose training split drafts characters")
@@ -326,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        model = for_inference(load_model(args.weights), args.precision)
+        model = for_inference(load_model(args.weights), args.precision, args.fused)
         tokenizer = CharTokenizer(model.config.vocab)
         draft = NGramDraft.from_corpus(args.data, tokenizer) if args.speculative else None
         prompt, steps = complete(

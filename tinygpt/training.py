@@ -172,7 +172,7 @@ def train(
     # float16 needs its loss scaled so small gradients do not underflow; disabled, the scaler is a no-op.
     scaler = torch.amp.GradScaler(device.split(":")[0], enabled=config.dtype == "float16")
     # Each rank draws its own batches; the checkpointed state is rank 0's.
-    batches = torch.Generator(device=train_ids.device).manual_seed(config.seed + rank)
+    batches = torch.Generator().manual_seed(config.seed + rank)
     average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
     step, elapsed = 0, 0.0
     checkpoint = out_dir / CHECKPOINT_FILE
@@ -205,7 +205,7 @@ def train(
 
     def log_losses(lr: float) -> None:
         def same_batches() -> torch.Generator:  # at every evaluation, so the curve moves only when the model does
-            return torch.Generator(device=train_ids.device).manual_seed(config.seed + 1)
+            return torch.Generator().manual_seed(config.seed + 1)
 
         with amp:
             splits = {"train": train_ids, "val": val_ids}
