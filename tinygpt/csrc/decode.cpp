@@ -26,10 +26,12 @@ torch::Tensor to_panels(const torch::Tensor& weight) {
   return padded.view({blocks, kBlock, in}).transpose(1, 2).contiguous();
 }
 
-// acc[r, :] = x[r, :] . panel for R rows at once, so each weight loaded serves every row: R x kBlock
-// accumulators stay in registers (R <= 5: 20 of the 32 AVX-512 registers).
+// y[r, j0:j0+width] = b + x[r, :] . panel for R rows at once, so each weight loaded serves every row.
+// The R x kBlock accumulators are a local array, so they can live in registers (R <= 5: 20 of 32).
 template <int R>
-void panel_rows(const float* x, int64_t in, const float* panel, float (*acc)[kBlock]) {
+void panel_rows(const float* __restrict x, int64_t in, const float* __restrict panel, const float* b, int64_t j0,
+                int64_t width, int64_t out, float* __restrict y) {
+  float acc[R][kBlock] = {};
   for (int64_t i = 0; i < in; ++i) {
     const float* wi = panel + i * kBlock;
     for (int r = 0; r < R; ++r) {
@@ -38,12 +40,14 @@ void panel_rows(const float* x, int64_t in, const float* panel, float (*acc)[kBl
       for (int64_t j = 0; j < kBlock; ++j) acc[r][j] += xi * wi[j];
     }
   }
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < width; ++j) y[r * out + j0 + j] = acc[r][j] + (b ? b[j0 + j] : 0.f);
 }
 
 constexpr int64_t kRows = 5;  // rows computed together
 
-// y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). The inner loop
-// runs along a panel's outputs, accumulating in registers.
+// y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). Panels are
+// shared out between threads; within one, the loop runs along its outputs, accumulating in registers.
 void linear(const float* x, int64_t rows, int64_t in, const float* panels, const float* b, int64_t out, float* y) {
   const int64_t blocks = (out + kBlock - 1) / kBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
@@ -51,17 +55,15 @@ void linear(const float* x, int64_t rows, int64_t in, const float* panels, const
       const float* panel = panels + block * in * kBlock;
       const int64_t j0 = block * kBlock, width = std::min(kBlock, out - j0);
       for (int64_t m = 0; m < rows; m += kRows) {
-        float acc[kRows][kBlock] = {};
         const float* xm = x + m * in;
+        float* ym = y + m * out;
         switch (std::min(kRows, rows - m)) {
-          case 1: panel_rows<1>(xm, in, panel, acc); break;
-          case 2: panel_rows<2>(xm, in, panel, acc); break;
-          case 3: panel_rows<3>(xm, in, panel, acc); break;
-          case 4: panel_rows<4>(xm, in, panel, acc); break;
-          default: panel_rows<5>(xm, in, panel, acc); break;
+          case 1: panel_rows<1>(xm, in, panel, b, j0, width, out, ym); break;
+          case 2: panel_rows<2>(xm, in, panel, b, j0, width, out, ym); break;
+          case 3: panel_rows<3>(xm, in, panel, b, j0, width, out, ym); break;
+          case 4: panel_rows<4>(xm, in, panel, b, j0, width, out, ym); break;
+          default: panel_rows<5>(xm, in, panel, b, j0, width, out, ym); break;
         }
-        for (int64_t r = 0; r < std::min(kRows, rows - m); ++r)
-          for (int64_t j = 0; j < width; ++j) y[(m + r) * out + j0 + j] = acc[r][j] + (b ? b[j0 + j] : 0.f);
       }
     }
   });
