@@ -329,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="inference precision")
     parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
                         help="float32: one C++ call per decoding step (tinygpt.fused; built on first use)")  # fmt: skip
-    parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=True,
-                        help="check several drafted characters per pass (one sample, fast window)")  # fmt: skip
+    parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=None,
+                        help="check several drafted characters per pass (one sample, fast window; "
+                        "default: on without --fused, where it gains little)")  # fmt: skip
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="corpus whose training split drafts characters")
     parser.add_argument("--model", "--weights", dest="weights", default=str(WEIGHTS_DIR),
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
@@ -338,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = for_inference(load_model(args.weights), args.precision, args.fused)
         tokenizer = CharTokenizer(model.config.vocab)
-        draft = NGramDraft.from_corpus(args.data, tokenizer) if args.speculative else None
+        speculative = args.speculative if args.speculative is not None else not isinstance(model, FusedGPT)
+        draft = NGramDraft.from_corpus(args.data, tokenizer) if speculative else None
         prompt, steps = complete(
             model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
             args.seed, args.top_k, args.top_p, args.num_samples, args.window, draft,
