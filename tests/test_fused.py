@@ -124,3 +124,13 @@ def test_the_cpp_step_refuses_what_it_cannot_compute(tokenizer):
         fast.decoder.step(torch.tensor([len(tokenizer.vocab)]), 0)
     with pytest.raises(RuntimeError, match="caches"):
         fast.decoder.use_cache([torch.zeros(1, 2, 5, 16)] * 2, [torch.zeros(1, 2, 5, 16)] * 2)
+
+
+def test_a_failed_build_says_so_in_one_line_and_leaves_pytorch_in_charge(monkeypatch, capsys):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
+    assert fused.extension.__wrapped__() is None  # the uncached function: a real build attempt
+    err = capsys.readouterr().err
+    assert "could not be built, decoding with PyTorch (no C++ compiler found)" in err and len(err.splitlines()) == 1
