@@ -3,6 +3,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 
 from tests.conftest import ROOT
 from tinygpt.checkpoint import load_model
+from tinygpt.config import GPTConfig
 from tinygpt.data import DEFAULT_DATA, load_splits
 from tinygpt.evaluate import validation_loss
 from tinygpt.tokenizer import CharTokenizer
@@ -58,3 +60,10 @@ def test_shipped_weights_evaluate_to_the_figure_in_the_readme():
     assert model.config.block_size >= 256
     _, _, val_ids = load_splits(DEFAULT_DATA, CharTokenizer(model.config.vocab))
     assert abs(validation_loss(model, val_ids)["val_loss"] - float(match.group(1))) <= 0.01
+
+
+def test_shipped_weights_were_trained_with_the_default_recipe():
+    """`python train.py` (no flags) is what made weights/: its config.json holds the defaults."""
+    shipped = load_model(ROOT / "weights").config
+    defaults = GPTConfig(vocab=shipped.vocab)
+    assert asdict(shipped) == asdict(defaults)
