@@ -36,7 +36,7 @@ from tinygpt.generate import (  # noqa: E402
     InputError,
     complete,
     for_inference,
-    speculates_by_default,
+    speculates,
 )
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     except WeightsError as err:  # missing, corrupt or inconsistent files, or the Hub out of reach
         print(f"error: {err}", file=sys.stderr)
         return 2
-    speculative = args.speculative if args.speculative is not None else speculates_by_default(model)
-    draft = NGramDraft.from_corpus(DEFAULT_DATA, CharTokenizer(model.config.vocab)) if speculative else None
+    tokenizer = CharTokenizer(model.config.vocab)
+    draft = NGramDraft.from_corpus(DEFAULT_DATA, tokenizer) if speculates(model, args.speculative) else None
     demo = build_demo(model, folder, draft)
     demo.queue(max_size=QUEUE_SIZE)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME,

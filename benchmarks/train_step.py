@@ -3,8 +3,8 @@
     python benchmarks/train_step.py                      # bfloat16 and float32
     python benchmarks/train_step.py --dtypes bfloat16 float32 float16 --steps 3
 
-A step is what `tinygpt.training.train` does: a batch of the training split, forward and backward
-under autocast, gradient clipping and an AdamW update. Each precision gets the same initial weights
+A step is `tinygpt.training.optimization_step`, as `train` runs it: a batch of the training split,
+forward and backward under autocast, gradient clipping and an AdamW update. Each precision gets the same initial weights
 and batches, one warm-up step, then the median of `--steps` timed steps. Prints one JSON line per
 precision, then a summary line with each one's time relative to the first.
 """
@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tinygpt.config import DTYPES, GPTConfig
-from tinygpt.data import DEFAULT_DATA, get_batch, load_splits
+from tinygpt.data import DEFAULT_DATA, load_splits
 from tinygpt.model import GPT
-from tinygpt.training import autocast
+from tinygpt.training import autocast, optimization_step
 
 
 def step_seconds(config: GPTConfig, train_ids: torch.Tensor, steps: int) -> list[float]:
@@ -34,18 +34,11 @@ def step_seconds(config: GPTConfig, train_ids: torch.Tensor, steps: int) -> list
     optimizer = model.configure_optimizer()
     scaler = torch.amp.GradScaler("cpu", enabled=config.dtype == "float16")
     batches = torch.Generator().manual_seed(config.seed)
+    amp = autocast("cpu", config.dtype)
     times = []
     for _ in range(steps + 1):  # the first step warms up allocators and kernels; it is not timed
         start = time.perf_counter()
-        x, y = get_batch(train_ids, config.batch_size, config.block_size, batches)
-        with autocast("cpu", config.dtype):
-            _, loss = model(x, y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimization_step(model, optimizer, scaler, amp, config, train_ids, batches)
         times.append(time.perf_counter() - start)
     return times[1:]
 

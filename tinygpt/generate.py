@@ -215,10 +215,10 @@ def for_inference(model: GPT, precision: str = "float32", fused: bool = False) -
     return model
 
 
-def speculates_by_default(model: GPT) -> bool:
-    """Whether the app and the command line decode speculatively when not told: not on the C++ step,
-    where a 5-position pass costs ~2x a 1-position one and speculation gains ~1%."""
-    return not isinstance(model, FusedGPT)
+def speculates(model: GPT, requested: bool | None = None) -> bool:
+    """Whether the app and the command line decode speculatively: as requested, else everywhere but on
+    the C++ step, where a 5-position pass costs ~2x a 1-position one and speculation gains ~1%."""
+    return requested if requested is not None else not isinstance(model, FusedGPT)
 
 
 # --- Text in, text out ---------------------------------------------------------------------------
@@ -347,8 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = for_inference(load_model(args.weights), args.precision, args.fused)
         tokenizer = CharTokenizer(model.config.vocab)
-        speculative = args.speculative if args.speculative is not None else speculates_by_default(model)
-        draft = NGramDraft.from_corpus(args.data, tokenizer) if speculative else None
+        draft = NGramDraft.from_corpus(args.data, tokenizer) if speculates(model, args.speculative) else None
         prompt, steps = complete(
             model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
             args.seed, args.top_k, args.top_p, args.num_samples, args.window, draft,

@@ -116,6 +116,35 @@ def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
     return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
 
 
+def optimization_step(
+    trained: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    amp: contextlib.AbstractContextManager,
+    config: GPTConfig,
+    train_ids: torch.Tensor,
+    batches: torch.Generator,
+) -> torch.Tensor:
+    """One AdamW update: `grad_accum` random batches forward and backward under `amp`, the gradients
+    clipped, then the step. `trained` is the model or its DDP wrapper. Returns the last batch's loss."""
+    distributed = isinstance(trained, torch.nn.parallel.DistributedDataParallel)
+    optimizer.zero_grad(set_to_none=True)
+    for micro in range(config.grad_accum):
+        x, y = get_batch(train_ids, config.batch_size, config.block_size, batches)
+        # DDP averages the gradients over processes in backward; once per step is enough.
+        last_micro = micro == config.grad_accum - 1
+        with trained.no_sync() if distributed and not last_micro else contextlib.nullcontext():
+            with amp:
+                _, loss = trained(x, y)
+            scaler.scale(loss / config.grad_accum).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), config.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def trim_log(path: Path, step: int) -> int:
     """Keep only the log records up to `step`, the checkpoint being resumed: later ones belong to steps
     that will be trained again, and a kill can cut the last line short. Returns the last step kept."""
@@ -241,20 +270,7 @@ def train(
 
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            for micro in range(config.grad_accum):
-                x, y = get_batch(train_ids, config.batch_size, config.block_size, batches)
-                # DDP averages the gradients over processes in backward; once per step is enough.
-                last_micro = micro == config.grad_accum - 1
-                with contextlib.nullcontext() if world == 1 or last_micro else trained.no_sync():
-                    with amp:
-                        _, loss = trained(x, y)
-                    scaler.scale(loss / config.grad_accum).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            loss = optimization_step(trained, optimizer, scaler, amp, config, train_ids, batches)
             if average:
                 average.update(model, step)
             step += 1
