@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinygpt import fused
+from tinygpt import backends
 from tinygpt.checkpoint import save_model
 from tinygpt.config import GPTConfig
 from tinygpt.data import DEFAULT_DATA, load_text
@@ -28,7 +28,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session", autouse=True)
 def cpp_decode_step() -> None:
     """Build the C++ decode step (if it can be) before any test starts app.py, which would build it."""
-    fused.extension()
+    backends.extension()
 
 
 @pytest.fixture(scope="session")
