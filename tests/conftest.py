@@ -52,6 +52,18 @@ def tiny_model(tiny_config: GPTConfig) -> GPT:
     return GPT(tiny_config).eval()
 
 
+@pytest.fixture
+def sharp_model(tiny_config: GPTConfig) -> GPT:
+    """The tiny model with its weights scaled up: far from the near-uniform initial distribution, so
+    the sampled text depends on every logit, and a wrong computation changes it."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory: pytest.TempPathFactory, tokenizer: CharTokenizer) -> Path:
     """A folder holding a saved tiny model, for the command-line and app tests."""

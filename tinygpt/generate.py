@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tinygpt.backends import BACKENDS, Backend, load_backend
 from tinygpt.checkpoint import WEIGHTS_DIR, WeightsError, load_model
 from tinygpt.model import KVCache
-from tinygpt.sampling import sample_next
+from tinygpt.sampling import sample_rows
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 MAX_NEW_TOKENS = 2000
@@ -122,12 +122,15 @@ class Decoder:
     def step(self) -> list[Token]:
         """One new token for every sequence; finished sequences leave. The others then run one
         position further, together, so their next logits are ready for the next step."""
-        tokens = []
-        for sequence in self.sequences:
-            logits = sequence.logits[None]
-            token = sample_next(logits, sequence.temperature, sequence.top_k, sequence.top_p, sequence.generator)
-            tokens.append(Token(sequence, token.item(), F.softmax(logits[0].float(), dim=-1)))
-            sequence.tokens.append(token.item())
+        if not self.sequences:
+            return []
+        logits = torch.stack([s.logits for s in self.sequences])
+        settings = [(s.temperature, s.top_k, s.top_p) for s in self.sequences]
+        new = sample_rows(logits, settings, [s.generator for s in self.sequences])
+        probs = F.softmax(logits.float(), dim=-1)
+        tokens = [Token(*row) for row in zip(self.sequences, new, probs, strict=True)]
+        for sequence, token in zip(self.sequences, new, strict=True):
+            sequence.tokens.append(token)
             sequence.produced += 1
         for sequence in [s for s in self.sequences if s.done]:
             self.remove(sequence)
@@ -138,9 +141,9 @@ class Decoder:
                 self._prefill(row, sequence.tokens[:-1])
                 sequence.cached = keep - 1
         if self.sequences:
-            new = torch.tensor([[s.tokens[-1]] for s in self.sequences])
+            last = torch.tensor([[s.tokens[-1]] for s in self.sequences])
             positions = torch.tensor([s.cached for s in self.sequences])
-            logits = self.backend(new, positions, self.cache.rows(0, len(self.sequences)))[:, -1]
+            logits = self.backend(last, positions, self.cache.rows(0, len(self.sequences)))[:, -1]
             for sequence, row in zip(self.sequences, logits, strict=True):
                 sequence.logits = row
                 sequence.cached += 1
@@ -320,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             for step in steps:
                 texts = [text + char for text, char in zip(texts, step.chars, strict=True)]
             sys.stdout.write("\n".join(f"--- sample {i + 1}\n{text}" for i, text in enumerate(texts)) + "\n")
-    except (InputError, WeightsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # --backend cpp where it cannot be built
+    except (InputError, WeightsError, RuntimeError) as err:  # RuntimeError: --backend cpp that cannot be built
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
