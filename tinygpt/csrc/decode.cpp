@@ -221,5 +221,7 @@ class Decoder {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Decoder>(m, "Decoder")
       .def(pybind11::init<const std::map<std::string, torch::Tensor>&, int64_t>(), "a state_dict and n_head")
-      .def("step", &Decoder::step, "tokens (B, T) at positions (B,) onwards, caches -> logits (B, T, vocab)");
+      // Without the GIL: the page's server threads keep running while a step computes.
+      .def("step", &Decoder::step, pybind11::call_guard<pybind11::gil_scoped_release>(),
+           "tokens (B, T) at positions (B,) onwards, caches -> logits (B, T, vocab)");
 }
