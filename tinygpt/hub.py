@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     push_cmd.add_argument("--private", action="store_true")
     space_cmd = commands.add_parser("space", help="deploy the demo as a Gradio Space (needs a token, as push)")
     space_cmd.add_argument("repo_id", help="USER/NAME of the Space")
-    space_cmd.add_argument("--private", action="store_true")
-    space_cmd.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="the weights folder the page serves")
+    space_cmd.add_argument("--private", action="store_true", help="a private Space (when it is created)")
+    space_cmd.add_argument("--weights", type=Path, default=WEIGHTS_DIR, metavar="DIR",
+                           help="the weights folder the page serves (default: the shipped weights/)")  # fmt: skip
     space_cmd.add_argument("--stage", type=Path, metavar="DIR",
                            help="only write the Space's folder to DIR and list it; nothing is uploaded")  # fmt: skip
     args = parser.parse_args(argv)

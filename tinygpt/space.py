@@ -41,23 +41,23 @@ def pinned_version(package: str, requirements: Path = REQUIREMENTS) -> str:
     raise SpaceError(f"{requirements} does not pin {package} (expected {package}==VERSION)")
 
 
-def space_requirements(requirements: Path = REQUIREMENTS) -> str:
+def space_requirements() -> str:
     """The project's runtime requirements, with torch's CPU-only build from PyTorch's index."""
-    torch = pinned_version("torch", requirements).split("+")[0]
+    torch = pinned_version("torch").split("+")[0]
     lines = ["# The Space's requirements: the project's requirements.txt with PyTorch's CPU-only build.",
              f"--extra-index-url {TORCH_CPU_INDEX}"]  # fmt: skip
-    for line in requirements.read_text(encoding="utf-8").splitlines():
+    for line in REQUIREMENTS.read_text(encoding="utf-8").splitlines():
         lines.append(f"torch=={torch}+cpu" if line.startswith("torch==") else line)
     return "\n".join(lines) + "\n"
 
 
-def space_card(repo_id: str, requirements: Path = REQUIREMENTS) -> str:
+def space_card(repo_id: str) -> str:
     """The README.md of the Space `repo_id`: its configuration as front matter, then what the page is."""
     from huggingface_hub import SpaceCardData
 
     config = SpaceCardData(
         title="Tiny_GPT", emoji="🎭", colorFrom="indigo", colorTo="red", sdk="gradio",
-        sdk_version=pinned_version("gradio", requirements), python_version=PYTHON_VERSION, app_file="app.py",
+        sdk_version=pinned_version("gradio"), python_version=PYTHON_VERSION, app_file="app.py",
         license="mit", pinned=False, short_description=SHORT_DESCRIPTION,
     )  # fmt: skip
     return "\n".join([
