@@ -23,10 +23,12 @@ from pathlib import Path  # noqa: E402
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # works offline; no calls home
 
 import gradio as gr  # noqa: E402
+import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from tinygpt.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
 from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, WeightsError, load_model, resolve  # noqa: E402
+from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
@@ -219,6 +221,18 @@ def build_demo(engine: Engine, folder: Path | None = None) -> gr.Blocks:
     return demo
 
 
+def share_service_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether Gradio's share service answers. Offline, Gradio's own attempt ends in instructions for
+    downloading its tunnel program, which hide the real problem: there is no internet."""
+    from gradio.networking import GRADIO_API_SERVER
+
+    try:
+        httpx.head(GRADIO_API_SERVER, timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def resident_memory_mb() -> float:
     """This process's resident memory (Linux /proc; elsewhere the peak from getrusage)."""
     try:
@@ -263,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, not {args.max_batch}")
+    torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
     try:
         folder = resolve(args.model)
         model = load_model(folder)
@@ -273,9 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     compile_later = args.backend in ("auto", "cpp")
     engine = Engine(TorchBackend(model) if compile_later else load_backend(model, args.backend), args.max_batch)
     demo = build_demo(engine, folder)
+    share = args.share and share_service_reachable()
+    if args.share and not share:
+        print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
+              file=sys.stderr)  # fmt: skip
     demo.queue(max_size=QUEUE_SIZE)
     # Every running generation holds a worker thread while it waits for its next characters.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME,
+    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
                 max_threads=max(40, 2 * args.max_batch + 8), prevent_thread_lock=True)  # fmt: skip
     print(
         f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, decoding with {engine.backend.name}"

@@ -3,6 +3,7 @@
     python train.py --push-to-hub USER/NAME           # train, then upload OUT as a model repo
     python -m tinygpt.hub push weights USER/NAME      # upload a weights folder that already exists
     python app.py --model USER/NAME                   # any --model option also takes a Hub repo
+    python -m tinygpt.hub space USER/NAME             # deploy the demo as a Space (tinygpt.space)
 
 TinyGPT is the model with huggingface_hub's PyTorchModelHubMixin, so TinyGPT.from_pretrained,
 save_pretrained and push_to_hub work too. Nothing here runs unless asked: by default everything
@@ -18,8 +19,9 @@ from typing import Any
 
 from huggingface_hub import PyTorchModelHubMixin
 
+from tinygpt import space
 from tinygpt.card import card_metadata
-from tinygpt.checkpoint import SHARED_FILES, load_model, save_model
+from tinygpt.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model, save_model
 from tinygpt.model import GPT
 
 
@@ -61,9 +63,27 @@ def main(argv: list[str] | None = None) -> int:
     push_cmd.add_argument("weights", type=Path)
     push_cmd.add_argument("repo_id", help="USER/NAME")
     push_cmd.add_argument("--private", action="store_true")
+    space_cmd = commands.add_parser("space", help="deploy the demo as a Gradio Space (needs a token, as push)")
+    space_cmd.add_argument("repo_id", help="USER/NAME of the Space")
+    space_cmd.add_argument("--private", action="store_true", help="a private Space (when it is created)")
+    space_cmd.add_argument("--weights", type=Path, default=WEIGHTS_DIR, metavar="DIR",
+                           help="the weights folder the page serves (default: the shipped weights/)")  # fmt: skip
+    space_cmd.add_argument("--hardware", choices=sorted(space.HARDWARE), default="cpu",
+                           help="cpu: CPU basic; zero-gpu: ZeroGPU, where the Train tab trains on the GPU")  # fmt: skip
+    space_cmd.add_argument("--stage", type=Path, metavar="DIR",
+                           help="only write the Space's folder to DIR and list it; nothing is uploaded")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        print(push(args.weights, args.repo_id, args.private))
+        if args.command == "push":
+            print(push(args.weights, args.repo_id, args.private))
+        elif args.stage:
+            space.check_name(args.repo_id)
+            files = space.stage(args.stage, args.repo_id, args.weights, args.hardware)
+            for name in files:
+                print(f"{(args.stage / name).stat().st_size:>12,}  {name}")
+            print(f"{sum((args.stage / name).stat().st_size for name in files):>12,}  total, in {args.stage}")
+        else:
+            print(space.upload(args.repo_id, args.private, args.weights, args.hardware))
     except Exception as err:  # network, auth and broken weights all end up here; say what happened
         print(f"error: {err}", file=sys.stderr)
         return 2
