@@ -12,6 +12,7 @@ import time
 STARTED = time.perf_counter()  # cold start is measured from here: before the heavy imports
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
@@ -72,12 +73,14 @@ def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
         except InputError as err:  # shown to the person (or API client) as a message, not a stack trace
             raise gr.Error(str(err), print_exception=False) from None
         trace = Trace(text, tokenizer.vocab)
-        for tokens in engine.generate(sequences[0], STREAM_INTERVAL_S):
-            for token in tokens:
-                char = tokenizer.vocab[token.token]
-                text += char
-                trace.add(char, token.probs)
-            yield text, trace
+        # Closed with this generator (Gradio closes it on Stop or a closed tab): the engine then drops it.
+        with contextlib.closing(engine.generate(sequences[0], STREAM_INTERVAL_S)) as stream:
+            for tokens in stream:
+                for token in tokens:
+                    char = tokenizer.vocab[token.token]
+                    text += char
+                    trace.add(char, token.probs)
+                yield text, trace
 
     return run
 

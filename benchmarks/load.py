@@ -5,7 +5,9 @@
 
 Starts app.py on a free port as shipped (the batching engine, default --max-batch), waits until it
 decodes with its final backend (the C++ step once built), and runs N threads, each with its own
-gradio_client.Client, each sending M requests one after another (all threads start together).
+HTTP connection, each sending M requests one after another (all threads start together) to Gradio's
+HTTP API for /generate and reading the stream of updates (lighter than gradio_client, whose
+per-update work would take a core from the server on this 2-core machine).
 Every answer is checked: the prompt followed by exactly --chars characters of the model's alphabet.
 Then the same against app.py --max-batch 1 (one generation at a time, as before batching). For
 each: completed, errors, latency p50/p95/max, first-character latency p95 and aggregate
@@ -35,14 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # offline: no calls home from the clients
 
+import httpx  # noqa: E402
 import torch  # noqa: E402
-from gradio_client import Client  # noqa: E402
 
 from tinygpt.checkpoint import CONFIG_FILE, WEIGHTS_DIR, read_config, resolve  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH  # noqa: E402
 
 QUEUE_SIZE = 64  # app.py's QUEUE_SIZE (not imported: that would load gradio's server side)
-POLL_S = 0.01  # how often a client looks for its first streamed character
 PROMPTS = ["ROMEO:\n", "To be, or not to be", "First Citizen:\n", "KING HENRY:\nNow, lords,", "O Romeo, Romeo!"]
 READY_TIMEOUT_S = 180
 
@@ -139,35 +140,50 @@ def well_formed(text: object, prompt: str, chars: int, vocab: str) -> bool:
     )
 
 
-def one_request(client: Client, prompt: str, chars: int, seed: int, vocab: str, results: Results, timeout: float):
+def one_request(
+    http: httpx.Client, url: str, prompt: str, chars: int, seed: int, vocab: str, results: Results, timeout: float
+) -> None:
+    """One /generate call through Gradio's HTTP API, reading its stream of server-sent events."""
     start = time.perf_counter()
-    first_char = None
+    first_char, text = None, None
     try:
-        job = client.submit(prompt, chars, 0.8, 0, 1.0, seed, api_name="/generate")
-        while first_char is None and not job.done() and time.perf_counter() - start < timeout:
-            if any(len(text) > len(prompt) for text in job.outputs()):
-                first_char = time.perf_counter() - start
-            time.sleep(POLL_S)
-        text = job.result(timeout=max(1.0, timeout - (time.perf_counter() - start)))
+        posted = http.post(f"{url}gradio_api/call/generate", json={"data": [prompt, chars, 0.8, 0, 1.0, seed]})
+        if posted.status_code != 200:
+            raise RuntimeError(f"HTTP {posted.status_code}: {posted.text[:200]}")
+        with http.stream("GET", f"{url}gradio_api/call/generate/{posted.json()['event_id']}") as stream:
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[len("event: ") :]
+                elif line.startswith("data: ") and event == "error":
+                    raise RuntimeError(line[len("data: ") :][:200])
+                elif line.startswith("data: ") and event in ("generating", "complete"):
+                    text = json.loads(line[len("data: ") :])[0]
+                    if first_char is None and len(text) > len(prompt):
+                        first_char = time.perf_counter() - start
+                    if event == "complete":
+                        break
     except Exception as err:  # a timeout (a hang) counts too
         results.error(time.perf_counter() - start, f"{type(err).__name__}: {err}")
         return
     if well_formed(text, prompt, chars, vocab):
-        results.ok(time.perf_counter() - start, first_char if first_char is not None else time.perf_counter() - start)
+        results.ok(time.perf_counter() - start, first_char)
     else:
         results.bad(repr(text)[:200])
 
 
 def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, timeout: float) -> tuple[Results, float]:
-    """`clients` threads, each with its own Client, all starting together; returns the results and wall time."""
-    connected = [Client(url, verbose=False, analytics_enabled=False) for _ in range(clients)]  # not timed
+    """`clients` threads, each with its own HTTP connection, all starting together; returns the results
+    and wall time."""
+    connected = [httpx.Client(timeout=timeout) for _ in range(clients)]
     start_line = threading.Barrier(clients + 1)
     results = Results()
 
     def worker(i: int) -> None:
         start_line.wait()
         for j in range(requests):
-            one_request(connected[i], PROMPTS[(i + j) % len(PROMPTS)], chars, 1000 * i + j, vocab, results, timeout)
+            prompt = PROMPTS[(i + j) % len(PROMPTS)]
+            one_request(connected[i], url, prompt, chars, 1000 * i + j, vocab, results, timeout)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -176,7 +192,10 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
     start = time.perf_counter()
     for thread in threads:
         thread.join()
-    return results, time.perf_counter() - start
+    wall_s = time.perf_counter() - start
+    for http in connected:
+        http.close()
+    return results, wall_s
 
 
 def summary(results: Results, wall_s: float, chars: int) -> dict:

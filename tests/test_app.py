@@ -3,6 +3,7 @@
 import http.server
 import socket
 import threading
+import time
 
 import gradio as gr
 import pytest
@@ -121,6 +122,19 @@ def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(server):
         with pytest.raises(Exception, match=message):
             client.predict(*args, api_name="/generate")
     assert len(client.predict("hi", 10, api_name="/generate")) == 12
+
+
+def test_closing_a_run_frees_its_place_in_the_engine(engine):
+    """Stop and a closed tab: Gradio closes the generator; the engine must drop the generation."""
+    run = make_run(engine)("ROMEO:", 2000, 0.8, 0, 1.0, 1)
+    next(run)
+    assert len(engine.decoder.sequences) == 1
+    run.close()
+    for _ in range(200):  # the engine lets it go at its next step
+        if not engine.decoder.sequences:
+            break
+        time.sleep(0.01)
+    assert engine.decoder.sequences == []
 
 
 def test_stop_cancels_a_running_generation(engine):

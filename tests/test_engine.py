@@ -152,3 +152,14 @@ def test_the_api_answers_concurrent_clients_each_with_prompt_plus_exactly_n(serv
     assert not errors and len(results) == 12
     for i, (prompt, text) in results.items():
         assert text.startswith(prompt) and len(text) == len(prompt) + 10 + 7 * i
+
+
+def test_closing_the_engine_ends_running_requests_with_an_error(sharp_model, tokenizer):
+    engine = Engine(TorchBackend(sharp_model), max_batch=1)
+    running = through(engine, tokenizer, REQUESTS[0], 2000)
+    waiting = through(engine, tokenizer, REQUESTS[1], 2000)
+    next(running[1])
+    engine.close()
+    for _, stream in (running, waiting):
+        with pytest.raises(RuntimeError, match="closed"):
+            collect([("", stream)], tokenizer.vocab)

@@ -15,6 +15,7 @@ be swapped while serving (`use`), e.g. to the C++ step once it has been compiled
 
 from __future__ import annotations
 
+import atexit
 import collections
 import sys
 import threading
@@ -80,8 +81,10 @@ class Engine:
         self._active: dict[Sequence, Request] = {}
         self._next_backend: Backend | None = None
         self._wake = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tinygpt-engine", daemon=True)
         self._thread.start()
+        atexit.register(self.close)  # stop between steps, not inside one, when the interpreter exits
 
     @property
     def backend(self) -> Backend:
@@ -105,12 +108,23 @@ class Engine:
         """submit(sequence).stream(interval): the new tokens as they come; closing it cancels."""
         return self.submit(sequence).stream(interval)
 
+    def close(self) -> None:
+        """Stop the loop after the current step; requests still running end with an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
         while True:
             with self._wake:
-                while not self._waiting and not self._active and self._next_backend is None:
+                while not (self._waiting or self._active or self._next_backend is not None or self._closed):
                     self._wake.wait()
+                if self._closed:
+                    for request in [*self._waiting, *self._active.values()]:
+                        request.end(RuntimeError("the engine was closed"))
+                    return
                 if self._next_backend is not None:
                     self.decoder.backend, self._next_backend = self._next_backend, None
                 joining = []

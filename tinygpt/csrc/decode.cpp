@@ -48,11 +48,19 @@ void panel_rows(const float* __restrict x, int64_t in, const float* __restrict p
 
 constexpr int64_t kRows = 5;  // rows computed together
 
+// Up to this many rows a step reads more weight bytes than it does arithmetic: its panels (and its
+// attention) are split between the threads. Larger batches are compute-bound and run on the calling
+// thread alone, leaving the other cores to the web server that feeds them, without a fork and join
+// of the thread pool for every layer.
+constexpr int64_t kParallelRows = 4;
+
+int64_t grain(int64_t rows, int64_t tasks) { return rows <= kParallelRows ? 1 : tasks; }
+
 // y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). Panels are
 // shared out between threads; within one, the loop runs along its outputs, accumulating in registers.
 void linear(const float* x, int64_t rows, int64_t in, const float* panels, const float* b, int64_t out, float* y) {
   const int64_t blocks = (out + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, blocks, grain(rows, blocks), [&](int64_t first, int64_t last) {
     for (int64_t block = first; block < last; ++block) {
       const float* panel = panels + block * in * kBlock;
       const int64_t j0 = block * kBlock, width = std::min(kBlock, out - j0);
@@ -185,7 +193,7 @@ class Decoder {
       }
     }
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
-    at::parallel_for(0, B * T * H, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * T * H, grain(B * T, B * T * H), [&](int64_t begin, int64_t end) {
       std::vector<float> scores(S);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t m = task / H, hd = task % H, b = m / T, seen = pos[b] + m % T + 1;
