@@ -28,7 +28,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from tinygpt.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
-from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, WeightsError, load_model, resolve  # noqa: E402
+from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # noqa: E402
 from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
@@ -253,6 +253,8 @@ def switch_to_cpp(engine: Engine, model: GPT) -> None:
     """Build the C++ decode step (or find it built) and decode with it from then on; log either way."""
     started = time.perf_counter()
     print("building the C++ decode step in the background ...", flush=True)
+    with contextlib.suppress(AttributeError, OSError):  # Linux: this thread and the compiler it starts
+        os.setpriority(os.PRIO_PROCESS, 0, 10)  # yield the CPU to the page while they work
     if extension() is None:  # it printed why
         print("staying on PyTorch float32", flush=True)
         return
@@ -281,15 +283,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, not {args.max_batch}")
     torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
+    # The C++ step takes ~40 s to compile on a fresh machine: serve with PyTorch meanwhile.
+    compile_later = args.backend in ("auto", "cpp")
     try:
         folder = resolve(args.model)
         model = load_model(folder)
-    except WeightsError as err:  # missing, corrupt or inconsistent files, or the Hub out of reach
+        backend = TorchBackend(model) if compile_later else load_backend(model, args.backend)
+    except ValueError as err:  # missing, corrupt or inconsistent files, the Hub out of reach, int8 on this shape
         print(f"error: {err}", file=sys.stderr)
         return 2
-    # The C++ step takes ~40 s to compile on a fresh machine: serve with PyTorch meanwhile.
-    compile_later = args.backend in ("auto", "cpp")
-    engine = Engine(TorchBackend(model) if compile_later else load_backend(model, args.backend), args.max_batch)
+    engine = Engine(backend, args.max_batch)
     demo = build_demo(engine, folder)
     share = args.share and share_service_reachable()
     if args.share and not share:

@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from gradio_client import Client  # noqa: E402
 
-PROMPT, CHARS = "ROMEO:\n", 50
+PROMPT, CHARS = "ROMEO:\n", 200  # the API's default length
 
 
 def free_port() -> int:

@@ -6,7 +6,10 @@ import torch
 
 from tests.conftest import ROOT
 from tinygpt.backends import TorchBackend
+from tinygpt.checkpoint import save_model
+from tinygpt.config import GPTConfig
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_PROMPT_CHARS, InputError, complete
+from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
 
 
@@ -156,3 +159,11 @@ def test_streamed_text_is_the_seeds_final_text(tiny_model):
     seeded = torch.Generator().manual_seed(4)
     full = tiny_model.generate(torch.tensor([tokenizer.encode("Hi")]), 15, 0.8, generator=seeded)
     assert streamed == tokenizer.decode(full[0].tolist())
+
+
+def test_cli_refuses_a_backend_the_model_cannot_use_in_one_line(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig(vocab=tokenizer.vocab, block_size=16, n_layer=1, n_head=2, n_embd=24)), tmp_path)
+    result = run_cli("Hi", "-n", "5", "--backend", "int8", "--weights", str(tmp_path))
+    assert result.returncode == 2
+    assert "multiple of 16" in result.stderr and "Traceback" not in result.stderr

@@ -9,8 +9,9 @@ the same reads serve all the sequences of a batch, so the machine's throughput g
 while each person's pace slows only a little.
 
 Each sequence keeps its own sampling settings and random generator, so a seed gives the same text
-as when it runs alone (to float rounding: a batched matmul may round differently). The backend can
-be swapped while serving (`use`), e.g. to the C++ step once it has been compiled.
+as when it runs alone (the C++ step computes every row the same way at any batch size; PyTorch's
+batched matmuls may round differently, which can flip a near-tie). The backend can be swapped while
+serving (`use`), e.g. to the C++ step once it has been compiled.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.backends import BACKENDS, Backend, load_backend
-from tinygpt.checkpoint import WEIGHTS_DIR, WeightsError, load_model
+from tinygpt.checkpoint import WEIGHTS_DIR, load_model
 from tinygpt.model import KVCache
 from tinygpt.sampling import sample_rows
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             for step in steps:
                 texts = [text + char for text, char in zip(texts, step.chars, strict=True)]
             sys.stdout.write("\n".join(f"--- sample {i + 1}\n{text}" for i, text in enumerate(texts)) + "\n")
-    except (InputError, WeightsError, RuntimeError) as err:  # RuntimeError: --backend cpp that cannot be built
+    except (ValueError, RuntimeError) as err:  # bad input or weights, a backend this model cannot use, no C++ build
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
