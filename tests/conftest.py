@@ -68,15 +68,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(weights: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `python app.py` on a free port with its output going to `log`; returns (process, URL).
+def start_app(weights: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """Start `python app.py` on a free port (with `options`) with its output going to `log`; returns
+    (process, URL).
 
     A file, not a pipe: an unread pipe fills up once the server has logged ~64 KB, and then the
     server blocks on its next write (every request hangs).
     """
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(weights)]
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(weights), *options]
     with log.open("w") as out:  # the child keeps its own handle
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 90
