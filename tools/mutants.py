@@ -162,7 +162,7 @@ def locate(tree: Path, mutant: Mutant) -> tuple[Path, str] | str:
 
 def first_failure(output: str) -> str:
     """The test that failed first, from pytest's short summary (FAILED/ERROR lines)."""
-    match = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)
+    match = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, re.MULTILINE)
     return match.group(1) if match else "?"
 
 
