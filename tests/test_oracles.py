@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from tests.test_training import ctrl_c_at_batch
 from tinygpt import fused, training
 from tinygpt.config import GPTConfig
 from tinygpt.data import get_batch
@@ -179,21 +180,6 @@ def test_resume_after_the_log_ran_past_the_checkpoint_logs_each_evaluation_once(
 
     assert [r["step"] for r in log("resumed")] == [0, 2, 4, 6, 8, 8]
     assert log("resumed") == log("straight")
-
-
-def ctrl_c_at_batch(n):
-    import signal
-
-    drawn = 0
-
-    def draw(*args, **kwargs):
-        nonlocal drawn
-        drawn += 1
-        if drawn == n:
-            signal.raise_signal(signal.SIGINT)
-        return get_batch(*args, **kwargs)
-
-    return draw
 
 
 # --- The C++ decode step on several threads -------------------------------------------------------
