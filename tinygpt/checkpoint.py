@@ -259,14 +259,14 @@ def _read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _parse_meta(path: Path, text: str) -> dict:
-    """The checkpoint's scalars, checked: a JSON object with a step, the elapsed seconds and a config."""
+    """The checkpoint's scalars, checked: a JSON object with a step, a config and the elapsed seconds."""
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as err:
         raise WeightsError(f"{path}: its training state (step, config) is not valid JSON: {err}") from None
     if not isinstance(meta, dict):
         raise WeightsError(f"{path}: its training state should be a JSON object, not {type(meta).__name__}")
-    step, elapsed = meta.get("step"), meta.get("elapsed")
+    step, elapsed = meta.get("step"), meta.setdefault("elapsed", 0.0)  # without it, the clock restarts at 0
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise WeightsError(f"{path}: its training state has no valid step (found {step!r})")
     if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not elapsed >= 0:
