@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.test_training import ctrl_c_at_batch
 from tinygpt import fused, training
@@ -113,6 +114,27 @@ def test_one_step_accumulates_the_gradient_of_the_mean_loss(tiny_config, corpus,
         optimization_step(model, optimizer, scaler, *step_args)
         for name, p in model.named_parameters():
             torch.testing.assert_close(p.grad, expected[name] * factor, atol=1e-6, rtol=1e-4)
+
+
+def test_the_first_step_moves_each_bias_by_the_scheduled_learning_rate(corpus, tmp_path, monkeypatch):
+    """Adam's first step moves a parameter by lr x g / (|g| + eps): by the learning rate itself, for
+    parameters without weight decay (the biases). Warmup makes step 0's rate a tenth of the peak."""
+    built = []
+    init = GPT.__init__
+
+    def recording_init(self, *args, **kwargs):  # the trained model's weights as first built
+        init(self, *args, **kwargs)
+        built.append({k: v.clone() for k, v in self.state_dict().items()})
+
+    monkeypatch.setattr(GPT, "__init__", recording_init)
+    (tmp_path / "text.txt").write_text(corpus[:20_000])
+    config = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, batch_size=4, max_iters=1, warmup_iters=10,
+                       learning_rate=1e-2, eval_iters=1, dtype="float32", ema_decay=0.0)  # fmt: skip
+    train(config, tmp_path / "text.txt", tmp_path / "out", "cpu", progress_bar=False)
+    trained = load_file(tmp_path / "out" / "model.safetensors")
+    moved = {k: (trained[k] - built[0][k]).abs().max().item() for k in trained if k.endswith("bias")}
+    for name, step in moved.items():
+        assert step == pytest.approx(1e-3, rel=1e-3), name  # learning_rate x (0 + 1) / warmup_iters
 
 
 # --- The weight average ---------------------------------------------------------------------------
