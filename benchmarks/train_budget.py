@@ -39,9 +39,9 @@ def main() -> None:
     parser.add_argument("--fp32", action="store_true", help="train in float32, without bfloat16 autocast, to compare")
     args = parser.parse_args()
 
-    config = GPTConfig(max_iters=10**9, dtype="float32" if args.fp32 else "bfloat16")  # the clock ends this run
+    config = GPTConfig(max_iters=0, minutes=args.minutes, dtype="float32" if args.fp32 else "bfloat16")
     with tempfile.TemporaryDirectory() as out:
-        summary = train(config, args.data, out, device=args.device, time_budget_s=args.minutes * 60, progress_bar=False)
+        summary = train(config, args.data, out, device=args.device, progress_bar=False)
     tokens_per_s = summary["steps"] * config.batch_size * config.block_size / summary["elapsed_s"]
     result = {
         "minutes": args.minutes,
