@@ -10,7 +10,7 @@ from gradio_client import Client
 import train as train_py
 from tests.conftest import start_app, stop_app
 from tinygpt.checkpoint import load_model
-from tinygpt.config import budget_recipe, nearest_budget
+from tinygpt.config import GPTConfig, budget_recipe, nearest_budget
 from tinygpt.tokenizer import CharTokenizer
 
 # A few KB of French, Japanese and Chinese, with an emoji, written with Windows line endings.
@@ -89,5 +89,6 @@ def test_minutes_picks_the_nearest_preset_and_given_flags_override_it(tmp_path):
 def test_a_budget_gets_the_preset_nearest_on_a_log_scale():
     assert [nearest_budget(m) for m in (0.1, 1, 2, 3, 7, 20, 50, 500)] == [1, 1, 1, 5, 5, 30, 30, 120]
     assert budget_recipe(3) == replace(budget_recipe(5), minutes=3)
+    assert replace(budget_recipe(120), max_iters=GPTConfig().max_iters, minutes=0) == GPTConfig()  # the shipped one
     with pytest.raises(ValueError, match="above 0"):
         budget_recipe(0)
