@@ -130,7 +130,7 @@ def test_the_first_step_moves_each_bias_by_the_scheduled_learning_rate(corpus, t
     (tmp_path / "text.txt").write_text(corpus[:20_000])
     config = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, batch_size=4, max_iters=1, warmup_iters=10,
                        learning_rate=1e-2, eval_iters=1, dtype="float32", ema_decay=0.0)  # fmt: skip
-    train(config, tmp_path / "text.txt", tmp_path / "out", "cpu", progress_bar=False)
+    train(config, tmp_path / "text.txt", tmp_path / "out", device="cpu", progress_bar=False)
     trained = load_file(tmp_path / "out" / "model.safetensors")
     moved = {k: (trained[k] - built[0][k]).abs().max().item() for k in trained if k.endswith("bias")}
     for name, step in moved.items():
@@ -185,7 +185,7 @@ def test_resume_after_the_log_ran_past_the_checkpoint_logs_each_evaluation_once(
     (tmp_path / "text.txt").write_text(corpus[:20_000])
     config = GPTConfig(block_size=8, n_layer=1, n_head=2, n_embd=16, batch_size=4, max_iters=8, warmup_iters=1,
                        eval_interval=2, eval_iters=1, dtype="float32", ema_decay=0.0)  # fmt: skip
-    run = lambda out, **kw: train(config, tmp_path / "text.txt", tmp_path / out, "cpu", progress_bar=False, **kw)  # noqa: E731
+    run = lambda out, **kw: train(config, tmp_path / "text.txt", tmp_path / out, device="cpu", progress_bar=False, **kw)  # noqa: E731
     run("straight")
     stop_in_step_5 = ctrl_c_at_batch(5)
     monkeypatch.setattr(training, "get_batch", stop_in_step_5)
