@@ -1,12 +1,16 @@
 """Train a character-level GPT on a text file.
 
     python train.py                         # the shipped recipe, on data/tinyshakespeare.txt
+    python train.py --data my.txt --out runs/mine --minutes 10   # the best recipe we know for 10 minutes
     python train.py --data my.txt --out runs/mine --max-iters 2000
     python train.py --resume                # continue from OUT/checkpoint.safetensors
+    python train.py --resume --minutes 20   # continue, and extend the budget (or --max-iters)
     python train.py --push-to-hub USER/NAME # then publish OUT on the Hugging Face Hub
     torchrun --standalone --nproc-per-node 4 train.py   # data parallel over 4 processes (GPUs or CPU)
 
-Every hyperparameter of tinygpt.config.GPTConfig is a flag; defaults are the shipped recipe.
+Every hyperparameter of tinygpt.config.GPTConfig is a flag. Unset ones come from the shipped recipe,
+or with --minutes from the preset for the nearest budget (tinygpt.config.BUDGET_PRESETS), or with
+--resume from the checkpoint; the flags given override them.
 """
 
 from __future__ import annotations
@@ -14,17 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
+from pathlib import Path
 
 from tinygpt import hub
-from tinygpt.checkpoint import WEIGHTS_DIR
-from tinygpt.config import DTYPES, GPTConfig
+from tinygpt.checkpoint import WEIGHTS_DIR, has_training_state, training_meta
+from tinygpt.config import DTYPES, GPTConfig, budget_recipe
 from tinygpt.data import DEFAULT_DATA
-from tinygpt.training import train
+from tinygpt.training import CHECKPOINT_FILE, train
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 text file to train on")
     parser.add_argument("--out", default=str(WEIGHTS_DIR), help="where model.safetensors, config.json and the log go")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps")
@@ -34,41 +43,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (evaluations still print)")
     parser.add_argument("--push-to-hub", metavar="USER/NAME", help="after training, upload OUT as this Hub model repo")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
-    hyper = parser.add_argument_group("hyperparameters (tinygpt.config.GPTConfig)")
-    for field in fields(GPTConfig):
-        if field.name == "vocab":  # comes from the corpus
+    hyper = parser.add_argument_group(
+        "hyperparameters (tinygpt.config.GPTConfig)",
+        "defaults: the shipped recipe's; with --minutes, the preset's; with --resume, the checkpoint's",
+    )
+    for spec in fields(GPTConfig):
+        if spec.name == "vocab":  # comes from the corpus
             continue
-        flag = "--" + field.name.replace("_", "-")
-        if field.name == "dtype":
-            hyper.add_argument(flag, choices=DTYPES, default=field.default, help="training precision (autocast)")
-        elif field.type in (bool, "bool"):
-            hyper.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default)
+        # Unset flags stay out of the namespace (SUPPRESS), so the recipe knows which ones were given.
+        flag, meaning = "--" + spec.name.replace("_", "-"), f"{spec.metadata['help']} (default: {spec.default})"
+        if spec.name == "dtype":
+            hyper.add_argument(flag, choices=DTYPES, default=argparse.SUPPRESS, help=meaning)
         else:
-            kind = {"int": int, "float": float}[field.type if isinstance(field.type, str) else field.type.__name__]
-            hyper.add_argument(flag, type=kind, default=field.default, metavar=kind.__name__.upper())
+            kind = {"int": int, "float": float}[spec.type]
+            hyper.add_argument(flag, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=meaning)
     return parser.parse_args(argv)
+
+
+def recipe(args: argparse.Namespace) -> GPTConfig:
+    """The config to train: the checkpoint's when resuming, else the preset for --minutes, else the
+    shipped recipe; with the hyperparameter flags given on top."""
+    given = {spec.name: getattr(args, spec.name) for spec in fields(GPTConfig) if hasattr(args, spec.name)}
+    checkpoint = Path(args.out) / CHECKPOINT_FILE
+    if args.resume and has_training_state(checkpoint):
+        base = GPTConfig.from_dict(training_meta(checkpoint)["config"])
+    elif given.get("minutes"):
+        base = budget_recipe(given["minutes"])
+    else:
+        base = GPTConfig()
+    return replace(base, **given)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
         if args.push_to_hub:  # a typo should fail now, not after hours of training
             from huggingface_hub.utils import validate_repo_id
 
             validate_repo_id(args.push_to_hub)
-        config = GPTConfig(**{f.name: getattr(args, f.name) for f in fields(GPTConfig) if f.name != "vocab"})
         summary = train(
-            config,
+            recipe(args),
             args.data,
             args.out,
             device=args.device,
             resume=args.resume,
             checkpoint_interval=args.checkpoint_interval,
             progress_bar=not args.no_progress,
+            threads=args.threads,
         )
     except (OSError, ValueError) as err:  # bad flags or data, a full disk, a corrupt checkpoint (WeightsError)
         print(f"error: {err}", file=sys.stderr)

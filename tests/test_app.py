@@ -137,7 +137,8 @@ def test_closing_a_run_frees_its_place_in_the_engine(engine):
     assert engine.decoder.sequences == []
 
 
-def test_stop_cancels_a_running_generation(engine):
+def test_the_stop_button_cancels_the_generate_event(engine):
+    """Wiring only; tests/test_serving.py cancels a running generation through the server."""
     demo = build_demo(engine)
     write = next(i for i, dep in demo.fns.items() if dep.name == "write")
     stop = [dep for dep in demo.fns.values() if dep.cancels]

@@ -3,7 +3,9 @@ import math
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import fields
 
 import pytest
 import torch
@@ -26,6 +28,10 @@ def small_corpus(tmp_path_factory, corpus):
     path = tmp_path_factory.mktemp("data") / "small.txt"
     path.write_text(corpus[:60_000])
     return path
+
+
+def vocab_size(out) -> int:
+    return load_model(out).config.vocab_size
 
 
 def test_get_batch_returns_windows_and_their_next_characters():
@@ -54,8 +60,9 @@ def test_short_training_run_learns(small_corpus, tmp_path):
     config = GPTConfig(**SMALL, max_iters=150, warmup_iters=10, learning_rate=3e-3, eval_interval=50)
     summary = train(config, small_corpus, tmp_path, device="cpu", progress_bar=False)
     assert summary["steps"] == 150
+    assert config.vocab == ""  # the caller's config is left as it was; the trained one is saved
     # Uniform guessing over this corpus's vocabulary scores ln(V) nats per character.
-    assert summary["val_loss"] < math.log(config.vocab_size) - 1.5
+    assert summary["val_loss"] < math.log(vocab_size(tmp_path)) - 1.5
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     curve = [r for r in records if "val_loss" in r and "final" not in r]
     assert [r["step"] for r in curve] == [0, 50, 100, 150]
@@ -104,7 +111,7 @@ def test_weight_average_is_shipped_and_compared_with_the_last_step(small_corpus,
     config = GPTConfig(**SMALL, max_iters=40, warmup_iters=5, learning_rate=3e-3, eval_interval=20, ema_decay=0.9)
     summary = train(config, small_corpus, tmp_path, device="cpu", progress_bar=False)
     assert summary["val_loss"] != summary["last_step_val_loss"]
-    assert summary["val_loss"] < math.log(config.vocab_size) - 0.5  # the average learned too
+    assert summary["val_loss"] < math.log(vocab_size(tmp_path)) - 0.5  # the average learned too
     records = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert all("ema_val_loss" in r for r in records if "final" not in r)
 
@@ -131,24 +138,71 @@ def test_resume_reads_a_checkpoint_in_the_older_two_file_format(small_corpus, tm
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
-def test_resume_refuses_other_hyperparameters(small_corpus, tmp_path):
+def test_resume_refuses_a_model_of_another_shape_or_alphabet(small_corpus, tmp_path):
     config = GPTConfig(**SMALL, max_iters=2, warmup_iters=1)
     train(config, small_corpus, tmp_path, device="cpu", progress_bar=False)
-    with pytest.raises(ValueError, match="other hyperparameters"):
+    with pytest.raises(ValueError, match=r"another shape \(n_layer 2, not 3\)"):
         train(GPTConfig(**{**SMALL, "n_layer": 3}, max_iters=2), small_corpus, tmp_path, resume=True)
+    other_text = tmp_path / "other.txt"
+    other_text.write_text(small_corpus.read_text().upper())
+    with pytest.raises(ValueError, match="another alphabet"):
+        train(config, other_text, tmp_path, resume=True)
+
+
+TINY_FLAGS = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--batch-size", "4",
+              "--eval-iters", "1", "--eval-interval", "2", "--warmup-iters", "1", "--no-progress"]  # fmt: skip
+
+
+def test_train_py_resume_continues_the_checkpoint_recipe_and_extends_it(small_corpus, tmp_path):
+    out = ["--data", str(small_corpus), "--out", str(tmp_path)]
+    assert run_train_py(*out, *TINY_FLAGS, "--max-iters", "4").returncode == 0
+    # No shape flags: the checkpoint's recipe is resumed; --max-iters extends it.
+    result = run_train_py(*out, "--resume", "--max-iters", "6", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1])["steps"] == 6
+    assert load_model(tmp_path).config.n_embd == 16
+    result = run_train_py(*out, "--resume", "--n-embd", "32", "--n-head", "2", "--max-iters", "8")
+    assert result.returncode == 2
+    assert "another shape (n_embd 16, not 32)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_stop_event_ends_training_with_a_checkpoint_and_finish_keeps_the_weights(small_corpus, tmp_path):
+    """As the page's Stop button does it: from callbacks, in a thread other than the main one."""
+    stop, seen = threading.Event(), []
+
+    def on_step(progress: dict) -> None:
+        if progress["step"] == 3:
+            stop.set()
+
+    config = GPTConfig(**SMALL, max_iters=10, warmup_iters=1, eval_interval=2)
+    trainer = training.Trainer(config, small_corpus, tmp_path, device="cpu", progress_bar=False, stop=stop,
+                               on_step=on_step, on_eval=seen.append)  # fmt: skip
+    worker = threading.Thread(target=lambda: seen.append(trainer.run()))
+    worker.start()
+    worker.join()
+    assert seen[-1] == {"steps": 3, "elapsed_s": seen[-1]["elapsed_s"], "stopped": True}
+    assert [r["step"] for r in seen[:-1]] == [0, 2]  # on_eval got each loss estimate
+    assert training_meta(tmp_path / "checkpoint.safetensors")["step"] == 3
+    assert not (tmp_path / "model.safetensors").exists()
+    summary = trainer.finish()
+    assert summary["steps"] == 3 and load_model(tmp_path).config.vocab == trainer.config.vocab
 
 
 def run_train_py(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_train_py_help_lists_every_hyperparameter():
+def test_train_py_help_lists_every_hyperparameter_with_its_default():
     result = run_train_py("--help")
     assert result.returncode == 0
     for flag in ["--data", "--out", "--n-layer", "--n-head", "--n-embd", "--block-size", "--batch-size",
-                 "--max-iters", "--learning-rate", "--dropout", "--eval-interval", "--eval-iters", "--seed",
-                 "--device", "--resume", "--dtype", "--grad-accum", "--push-to-hub"]:  # fmt: skip
+                 "--max-iters", "--minutes", "--learning-rate", "--dropout", "--eval-interval", "--eval-iters",
+                 "--seed", "--device", "--resume", "--dtype", "--grad-accum", "--push-to-hub"]:  # fmt: skip
         assert flag in result.stdout
+    help_text = " ".join(result.stdout.split())  # argparse wraps lines
+    for name, value in [("max_iters", 3400), ("learning_rate", 0.002), ("weight_decay", 2.0), ("threads", 0)]:
+        assert f"(default: {value})" in help_text, name
+    assert help_text.count("(default:") >= len(fields(GPTConfig)) - 1 + 5  # every hyperparameter but vocab, and more
 
 
 def test_train_py_on_a_custom_text_file(tmp_path):
@@ -184,23 +238,49 @@ def test_train_py_refuses_a_corpus_shorter_than_the_context(tmp_path):
     assert "too short for block_size" in result.stderr and "Traceback" not in result.stderr
 
 
+# Run by torchrun in each process: train.py's main, then this process's own trained weights and the
+# first batch it trained on to a file, read from the model object itself (the first GPT built) and
+# from the batches drawn, not from anything train() reports.
+RANK_SCRIPT = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+from safetensors.torch import save_file
+import tinygpt.model, tinygpt.training
+
+built, init = [], tinygpt.model.GPT.__init__
+tinygpt.model.GPT.__init__ = lambda self, *a, **k: (init(self, *a, **k), built.append(self))[0]
+batches, draw = [], tinygpt.training.get_batch
+tinygpt.training.get_batch = lambda *a, **k: batches.append(draw(*a, **k)) or batches[-1]
+import train
+
+code = train.main(sys.argv[2:])
+tensors = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}
+save_file(tensors | {"first_batch": batches[0][0]}, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.safetensors"))
+sys.exit(code)
+"""
+
+
 def test_torchrun_trains_data_parallel(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text(DEFAULT_DATA.read_text()[:30_000])
+    (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "train.py", "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu", "--n-layer", "1",
-               "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--max-iters", "4", "--eval-iters", "1",
-               "--grad-accum", "2", "--no-progress"]  # fmt: skip
+               str(tmp_path / "rank_script.py"), str(tmp_path), "--data", str(data), "--out", str(tmp_path / "out"),
+               "--device", "cpu", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16",
+               "--max-iters", "4", "--eval-iters", "1", "--grad-accum", "2", "--ema-decay", "0",
+               "--no-progress"]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world 2" in result.stdout
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["steps"] == 4  # only rank 0 reports and saves
-    # Both processes end with the same weights, and they are the ones written.
-    rank0, rank1 = summaries[0]["sha256_per_rank"]
-    assert rank0 == rank1 == summaries[0]["sha256"]
-    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
-        assert f.metadata()["sha256"] == rank0
+    # Each process drew its own batches; DDP averaged their gradients, so both hold the same weights,
+    # and they are the ones written. (Without DDP the two replicas drift apart at the first step.)
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert not torch.equal(rank0.pop("first_batch"), rank1.pop("first_batch"))  # each its own data
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    assert rank0.keys() == rank1.keys() == written.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) and torch.equal(rank0[k], written[k]) for k in rank0)
     assert load_model(tmp_path / "out").config.grad_accum == 2
 
 
@@ -219,7 +299,7 @@ def test_gradient_accumulation_matches_one_big_batch(small_corpus, tmp_path):
 def test_float16_trains_with_a_gradient_scaler_that_is_checkpointed(small_corpus, tmp_path):
     config = GPTConfig(**SMALL, max_iters=12, warmup_iters=2, learning_rate=3e-3, eval_interval=6, dtype="float16")
     summary = train(config, small_corpus, tmp_path, device="cpu", checkpoint_interval=6, progress_bar=False)
-    assert summary["val_loss"] < math.log(config.vocab_size) - 0.3
+    assert summary["val_loss"] < math.log(vocab_size(tmp_path)) - 0.3
     with safe_open(tmp_path / "checkpoint.safetensors", "pt") as f:
         meta = json.loads(f.metadata()["meta"])
     assert meta["scaler"]["scale"] > 0  # float16 needs a loss scale, and resumes with it

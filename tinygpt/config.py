@@ -3,40 +3,48 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+import math
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")  # training precision; weights are always stored in float32
+
+
+def hyperparameter(default: object, help: str) -> Any:
+    """A GPTConfig field with its meaning, which train.py shows in --help."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class GPTConfig:
     # Model shape (seed steps 5 and 12). vocab is the tokenizer's alphabet, in id order.
-    vocab: str = ""
-    block_size: int = 256  # T: the context length
-    n_layer: int = 6  # L
-    n_head: int = 4
-    n_embd: int = 256  # N
-    dropout: float = 0.0  # on embeddings and on each residual branch (weight decay regularises better here)
+    vocab: str = hyperparameter("", "the characters of the corpus, sorted: a character's id is its index")
+    block_size: int = hyperparameter(256, "T: the context length, in characters")
+    n_layer: int = hyperparameter(6, "L: transformer blocks")
+    n_head: int = hyperparameter(4, "attention heads per block")
+    n_embd: int = hyperparameter(256, "N: the width (embedding size)")
+    dropout: float = hyperparameter(0.0, "on embeddings and residual branches (weight decay regularises better here)")
 
     # Optimisation (seed step 14).
-    batch_size: int = 32  # B
-    max_iters: int = 3400
-    learning_rate: float = 2e-3
-    min_lr: float = 2e-4  # cosine decay ends here
-    warmup_iters: int = 200
-    weight_decay: float = 2.0  # matrices only, never biases, LayerNorms or embeddings
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    grad_accum: int = 1  # micro-batches per step: the effective batch is batch_size x grad_accum x processes
-    dtype: str = "bfloat16"  # autocast matmuls to this (float16 adds a gradient scaler); bfloat16: ~1.7x on this CPU
-    ema_decay: float = 0.998  # > 0: ship an exponential moving average of the weights, not the last step's
+    batch_size: int = hyperparameter(32, "B: windows per micro-batch")
+    max_iters: int = hyperparameter(3400, "training steps (0: no limit; minutes ends training)")
+    minutes: float = hyperparameter(0.0, "wall-clock budget (0: none); train.py also picks its preset recipe")
+    learning_rate: float = hyperparameter(2e-3, "peak learning rate, after warmup")
+    min_lr: float = hyperparameter(2e-4, "where the cosine decay ends")
+    warmup_iters: int = hyperparameter(200, "steps of linear warmup")
+    weight_decay: float = hyperparameter(2.0, "AdamW's, on matrices only (never biases, LayerNorms, embeddings)")
+    beta1: float = hyperparameter(0.9, "AdamW's first-moment decay")
+    beta2: float = hyperparameter(0.99, "AdamW's second-moment decay")
+    grad_clip: float = hyperparameter(1.0, "clip the gradient norm to this (0: no clipping)")
+    grad_accum: int = hyperparameter(1, "micro-batches per step: the batch is batch_size x grad_accum x processes")
+    dtype: str = hyperparameter("bfloat16", "autocast matmuls to this; float16 adds a gradient scaler")
+    ema_decay: float = hyperparameter(0.998, "> 0: ship a moving average of the weights with this decay per step")
 
     # Bookkeeping.
-    eval_interval: int = 250
-    eval_iters: int = 20
-    seed: int = 1337
+    eval_interval: int = hyperparameter(250, "steps between loss estimates (printed and logged)")
+    eval_iters: int = hyperparameter(20, "batches per loss estimate")
+    seed: int = hyperparameter(1337, "for the initial weights, the batches and dropout")
 
     @property
     def vocab_size(self) -> int:
@@ -53,6 +61,8 @@ class GPTConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be at least 1, not {self.grad_accum}")
+        if self.max_iters < 0 or self.minutes < 0 or not (self.max_iters or self.minutes):
+            raise ValueError("training needs a limit: max_iters or minutes above 0 (and neither negative)")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
@@ -69,14 +79,46 @@ class GPTConfig:
             raw["dtype"] = "bfloat16" if raw["bf16"] else "float32"
         kinds = {"str": (str,), "int": (int,), "float": (int, float)}
         values = {}
-        for field in fields(cls):
-            if field.name in raw:
-                value = raw[field.name]
-                if isinstance(value, bool) or not isinstance(value, kinds[field.type]):
-                    raise TypeError(f"{field.name} must be of type {field.type}, not {value!r}")
-                values[field.name] = value
+        for spec in fields(cls):
+            if spec.name in raw:
+                value = raw[spec.name]
+                if isinstance(value, bool) or not isinstance(value, kinds[spec.type]):
+                    raise TypeError(f"{spec.name} must be of type {spec.type}, not {value!r}")
+                values[spec.name] = value
         return cls(**values)
 
     @classmethod
     def load(cls, path: str | Path) -> GPTConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# Recipes for a wall-clock budget (`train.py --minutes M`), chosen by measurement on a 2-core CPU
+# shared with other work (README, "Training in a time budget"): there, up to 30 minutes buy a few
+# thousand steps at most, and the cheapest steps win: nanoGPT's small CPU shape in float32 (bfloat16
+# only pays off for wider matrices), with a higher learning rate and a short warmup. The longest
+# budget is the shipped recipe. Each row is applied over the defaults above, with no step limit.
+PRESET_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "learning_rate", "min_lr",
+                 "warmup_iters", "weight_decay", "ema_decay", "dtype")  # fmt: skip
+# fmt: off
+BUDGET_PRESETS: dict[float, tuple] = {
+    # minutes: layers, heads, width, context, batch, learning rate, final lr, warmup, weight decay, averaging, dtype
+    1:   (4, 4, 128,  64, 12, 5e-3, 5e-4,  30, 0.1, 0.0,   "float32"),
+    5:   (4, 4, 128,  64, 12, 5e-3, 5e-4,  30, 0.1, 0.0,   "float32"),
+    10:  (4, 4, 128,  64, 12, 5e-3, 5e-4,  30, 0.1, 0.0,   "float32"),
+    30:  (4, 4, 128,  64, 12, 3e-3, 3e-4,  50, 0.1, 0.0,   "float32"),
+    120: (6, 4, 256, 256, 32, 2e-3, 2e-4, 200, 2.0, 0.998, "bfloat16"),  # the shipped recipe
+}
+# fmt: on
+
+
+def nearest_budget(minutes: float) -> float:
+    """The preset budget nearest `minutes` on a log scale (3 minutes is nearer 5 than 1)."""
+    if not minutes > 0:
+        raise ValueError(f"minutes must be above 0, not {minutes}")
+    return min(BUDGET_PRESETS, key=lambda budget: abs(math.log(budget / minutes)))
+
+
+def budget_recipe(minutes: float) -> GPTConfig:
+    """The recipe to train for `minutes` of wall clock: the nearest preset, with no step limit."""
+    preset = dict(zip(PRESET_FIELDS, BUDGET_PRESETS[nearest_budget(minutes)], strict=True))
+    return GPTConfig(**preset, max_iters=0, minutes=minutes)

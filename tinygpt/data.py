@@ -13,7 +13,11 @@ TRAIN_FRACTION = 0.9
 
 
 def load_text(path: str | Path) -> str:
-    text = Path(path).read_text(encoding="utf-8")
+    """A UTF-8 file's text (a byte-order mark dropped, Windows and old Mac line endings read as \\n)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start} cannot be decoded): save it as UTF-8") from None
     if len(text) < 2:
         raise ValueError(f"{path} holds too little text to train on")
     return text
@@ -31,6 +35,19 @@ def load_splits(path: str | Path, tokenizer: CharTokenizer | None = None):
     tokenizer = tokenizer or CharTokenizer.from_text(text)
     ids = torch.tensor(tokenizer.encode(text), dtype=torch.long)
     return (tokenizer, *split(ids))
+
+
+def load_corpus(path: str | Path, block_size: int) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
+    """`load_splits`, checked to hold at least one window of `block_size` characters in each split."""
+    tokenizer, train_ids, val_ids = load_splits(path)
+    shortest = min(len(train_ids), len(val_ids))
+    if shortest <= block_size:
+        hint = f"use --block-size {shortest - 1} or less, or more text" if shortest > 1 else "it needs more text"
+        raise ValueError(
+            f"{path} is too short for block_size {block_size}: its validation split (the last 10%) "
+            f"has {len(val_ids)} characters; {hint}"
+        )
+    return tokenizer, train_ids, val_ids
 
 
 def get_batch(

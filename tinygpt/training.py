@@ -1,5 +1,15 @@
 """The training loop: AdamW with warmup and cosine decay, mixed precision, gradient accumulation,
-resumable checkpoints, JSON-lines logging, and DistributedDataParallel when started with torchrun."""
+weight averaging, resumable checkpoints, JSON-lines logging, and DistributedDataParallel under torchrun.
+
+Read top to bottom: the pieces of one step (learning rate, weight average, autocast, one optimisation
+step), then `Trainer`, which runs them as named steps:
+
+    set up (data, model, optimizer, resume)  ->  run(): repeat
+        read the clock -> evaluate when due -> stop at a limit or on request -> one step -> checkpoint when due
+    ->  finish(): the exact validation loss, the shipped weights, the last log line
+
+and `train()`, the one call train.py, benchmarks and the page make.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +21,10 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -27,38 +40,13 @@ from tinygpt.checkpoint import (
     write_text,
 )
 from tinygpt.config import GPTConfig
-from tinygpt.data import estimate_loss, get_batch, load_splits
+from tinygpt.data import estimate_loss, get_batch, load_corpus
 from tinygpt.evaluate import validation_loss
 from tinygpt.model import GPT
 
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-
-
-class StopRequest:
-    """Ctrl-C or SIGTERM during training: finish the current step, save a checkpoint, then stop.
-
-    A second Ctrl-C stops at once.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: dict[int, object] = {}
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+SHAPE_FIELDS = ("vocab", "block_size", "n_layer", "n_head", "n_embd")  # what a checkpoint's tensors fix
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -74,8 +62,8 @@ def pick_device(requested: str = "auto") -> str:
 def learning_rate(config: GPTConfig, step: int, progress: float) -> float:
     """Linear warmup over `warmup_iters` steps, then cosine decay from learning_rate to min_lr.
 
-    `progress` (0..1) is how far through training we are: step / max_iters, or the fraction of a
-    wall-clock budget used.
+    `progress` (0..1) is how far through training we are: step / max_iters, or the fraction of the
+    wall-clock budget used, whichever is further.
     """
     if step < config.warmup_iters:
         return config.learning_rate * (step + 1) / config.warmup_iters
@@ -99,14 +87,6 @@ class WeightAverage:
         weight = 1 - min(self.decay, (1 + step) / (10 + step))
         for averaged, current in zip(self.model.parameters(), model.parameters(), strict=True):
             averaged.lerp_(current, weight)
-
-
-def _distributed(device: str) -> tuple[int, int]:
-    """(rank, world size); joins the process group when launched by torchrun (NCCL on GPUs, gloo on CPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return int(os.environ.get("RANK", "0")), world
 
 
 def autocast(device: str, dtype: str) -> contextlib.AbstractContextManager:
@@ -145,6 +125,30 @@ def optimization_step(
     return loss
 
 
+class StopRequest:
+    """Ctrl-C or SIGTERM during training sets `event`: the run finishes its step, saves a checkpoint and
+    stops. A second Ctrl-C stops at once. Another thread (the page's Stop button) may set `event` too."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signals only reach the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def trim_log(path: Path, step: int) -> int:
     """Keep only the log records up to `step`, the checkpoint being resumed: later ones belong to steps
     that will be trained again, and a kill can cut the last line short. Returns the last step kept."""
@@ -159,151 +163,271 @@ def trim_log(path: Path, step: int) -> int:
     return last
 
 
-def _hardware(device: str, world: int) -> str:
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{device} ({os.cpu_count()} cores)"
-    return name if world == 1 else f"{world} processes, {name} each"
+def check_same_shape(saved: GPTConfig, config: GPTConfig, checkpoint: Path) -> None:
+    """A checkpoint's tensors fit only a model of its own shape and vocabulary; other settings
+    (max_iters, minutes, learning rate, ...) may change when resuming."""
+    for name in SHAPE_FIELDS:
+        if getattr(saved, name) != getattr(config, name):
+            if name == "vocab":
+                raise ValueError(f"{checkpoint} was trained on text with another alphabet: resume with the same --data")
+            raise ValueError(
+                f"{checkpoint} holds a model of another shape ({name} {getattr(saved, name)}, "
+                f"not {getattr(config, name)}): resume with the same shape, or train afresh in another --out"
+            )
 
 
-def train(
-    config: GPTConfig,
-    data_path: str | Path,
-    out_dir: str | Path,
-    device: str = "auto",
-    resume: bool = False,
-    checkpoint_interval: int = 500,
-    time_budget_s: float | None = None,
-    progress_bar: bool = True,
-) -> dict:
-    """Train a model on a text file and write OUT/model.safetensors, OUT/config.json, OUT/README.md
-    (the model card) and the log; OUT/checkpoint.safetensors lets `resume` continue where it stopped.
-
-    Under torchrun every process trains a replica on its own batches (DistributedDataParallel) and
-    only rank 0 writes files. Returns a summary: steps, seconds, parameters, the weights' sha256 (per
-    rank too under torchrun) and, on rank 0, the exact validation loss.
-    """
-    out_dir = Path(out_dir)
-    device = pick_device(device)
-    rank, world = _distributed(device)
-    is_main = rank == 0
-    if device == "cuda" and world > 1:
+def join_processes(device: str) -> str:
+    """Under torchrun, join the process group (NCCL on GPUs, gloo on CPUs); returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    if device == "cuda" and dist.is_initialized():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(device)
+    return device
 
-    tokenizer, train_ids, val_ids = load_splits(data_path)
-    if len(val_ids) <= config.block_size or len(train_ids) <= config.block_size:
-        raise ValueError(f"{data_path} is too short for block_size {config.block_size}: use a smaller --block-size")
-    config.vocab = tokenizer.vocab
-    train_ids, val_ids = train_ids.to(device), val_ids.to(device)
 
-    torch.manual_seed(config.seed)
-    model = GPT(config).to(device)
-    optimizer = model.configure_optimizer()
-    # float16 needs its loss scaled so small gradients do not underflow; disabled, the scaler is a no-op.
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=config.dtype == "float16")
-    # Each rank draws its own batches; the checkpointed state is rank 0's.
-    batches = torch.Generator().manual_seed(config.seed + rank)
-    average = WeightAverage(model, config.ema_decay) if config.ema_decay > 0 else None
-    step, elapsed = 0, 0.0
-    checkpoint = out_dir / CHECKPOINT_FILE
-    if resume and has_training_state(checkpoint):
-        if GPTConfig.from_dict(training_meta(checkpoint)["config"]) != config:
-            raise ValueError(f"{checkpoint} was made with other hyperparameters; start afresh or pass the same flags")
-        meta = load_training_state(checkpoint, model, optimizer, batches, average and average.model)
-        step, elapsed = meta["step"], meta["elapsed"]
-        if "scaler" in meta:
-            scaler.load_state_dict(meta["scaler"])
-        if rank:  # only rank 0's batch stream was saved; the others restart theirs, still distinct
-            batches.manual_seed(config.seed + rank + 1_000_003 * step)
-    elif resume and is_main:
-        print(f"no checkpoint in {out_dir}: starting from step 0")
-    trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
-    amp = autocast(device, config.dtype)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        last_logged = trim_log(out_dir / LOG_FILE, step) if step else -1
-        log = open(out_dir / LOG_FILE, "a" if step else "w")  # noqa: SIM115 - closed below
-        print(
-            f"{model.num_params() / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, device {device}, world {world}"
-        )
-
-    def save_checkpoint() -> None:
-        if is_main:
-            meta = {"step": step, "elapsed": elapsed} | ({"scaler": scaler.state_dict()} if scaler.is_enabled() else {})
-            save_training_state(checkpoint, model, optimizer, batches, meta, average and average.model)
-
-    def log_losses(lr: float) -> None:
-        def same_batches() -> torch.Generator:  # at every evaluation, so the curve moves only when the model does
-            return torch.Generator().manual_seed(config.seed + 1)
-
-        with amp:
-            splits = {"train": train_ids, "val": val_ids}
-            losses = estimate_loss(model, splits, config.eval_iters, config.batch_size, same_batches())
-            if average:
-                val = {"val": val_ids}
-                losses["ema_val"] = estimate_loss(average.model, val, config.eval_iters, config.batch_size,
-                                                  same_batches())["val"]  # fmt: skip
-        record = {"step": step, **{f"{k}_loss": round(v, 4) for k, v in losses.items()},
-                  "lr": lr, "elapsed_s": round(elapsed, 1)}  # fmt: skip
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        ema_text = f", averaged val {losses['ema_val']:.4f}" if average else ""
-        bar.write(f"step {step}: train {losses['train']:.4f}, val {losses['val']:.4f}{ema_text}, lr {lr:.2e}")
-
-    bar = tqdm(total=config.max_iters, initial=step, disable=not (is_main and progress_bar), dynamic_ncols=True)
-    start = time.perf_counter() - elapsed
-    with StopRequest() as stop:
-        while True:
-            elapsed, stopping = time.perf_counter() - start, stop.requested
-            if world > 1:  # all processes take the same decisions: the slowest clock, anyone's Ctrl-C
-                shared = torch.tensor([elapsed, float(stopping)], dtype=torch.float64, device=device)
-                dist.all_reduce(shared, op=dist.ReduceOp.MAX)
-                elapsed, stopping = shared[0].item(), bool(shared[1].item())
-            done = step >= config.max_iters or (time_budget_s is not None and elapsed >= time_budget_s)
-            progress = elapsed / time_budget_s if time_budget_s else step / config.max_iters
-            lr = learning_rate(config, step, progress)
-            if is_main and (done or step % config.eval_interval == 0) and step > last_logged:
-                log_losses(lr)
-                last_logged = step
-            if done or stopping:
-                break
-
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = optimization_step(trained, optimizer, scaler, amp, config, train_ids, batches)
-            if average:
-                average.update(model, step)
-            step += 1
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.1e}")
-            if step % checkpoint_interval == 0:
-                elapsed = time.perf_counter() - start
-                save_checkpoint()
-    bar.close()
-    elapsed = time.perf_counter() - start
-    save_checkpoint()
-    shipped = average.model if average else model
-    summary = {"steps": step, "elapsed_s": round(elapsed, 1)}
-    if stopping:
-        summary["stopped"] = True
-        if is_main:
-            print(f"stopped at step {step}; checkpoint saved in {checkpoint}, continue with --resume")
-    else:
-        summary.update(params=model.num_params(), sha256=tensor_digest(shipped.state_dict()))
-        if world > 1:  # DDP keeps the replicas identical; report every rank's weights to show it
-            summary["sha256_per_rank"] = [None] * world
-            dist.all_gather_object(summary["sha256_per_rank"], summary["sha256"])
-        if is_main:
-            model.eval()
-            if average:  # the last step's weights, for comparison with the shipped average
-                summary["last_step_val_loss"] = validation_loss(model, val_ids)["val_loss"]
-            summary.update(validation_loss(shipped, val_ids), data=Path(data_path).name)
-            summary["hardware"] = _hardware(device, world)
-            save_model(shipped, out_dir, summary)
-            log.write(json.dumps({"step": step, "final": summary}) + "\n")
-    if is_main:
-        log.close()
-    if world > 1:  # leave together: a process that tears down while rank 0 still saves can abort in gloo
+def leave_processes() -> None:
+    if dist.is_initialized():  # leave together: one that tears down while rank 0 still saves can abort gloo
         dist.barrier()
         dist.destroy_process_group()
+
+
+StepCallback = Callable[[dict], None]
+
+
+class Trainer:
+    """One training run of `config` on a text file, writing to `out_dir`.
+
+    `run()` trains until max_iters steps or `config.minutes` of wall clock (the learning-rate schedule
+    ends with whichever comes first), or until `stop` is set (Ctrl-C sets it too); then `finish()`
+    scores the model exactly and writes OUT/model.safetensors, config.json, README.md (the model card)
+    and the log. OUT/checkpoint.safetensors is written every `checkpoint_interval` steps and at the
+    end, and `resume=True` continues from it (the model's shape must match; limits may be extended).
+
+    `on_step` receives {step, loss, lr, elapsed_s, progress} after every step and `on_eval` each log
+    record (the loss estimates). Both run in the training thread between steps, so they may read
+    `model` or `shipped_model` safely, e.g. to sample from it. `threads` sets torch's CPU threads for
+    the thread that calls run(). Under torchrun every process trains a replica on its own batches
+    (DistributedDataParallel) and only rank 0 writes files.
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        data_path: str | Path,
+        out_dir: str | Path,
+        *,
+        device: str = "auto",
+        resume: bool = False,
+        checkpoint_interval: int = 500,
+        progress_bar: bool = True,
+        threads: int = 0,
+        stop: threading.Event | None = None,
+        on_step: StepCallback | None = None,
+        on_eval: StepCallback | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.data_name = Path(data_path).name
+        self.checkpoint = self.out_dir / CHECKPOINT_FILE
+        self.log_path = self.out_dir / LOG_FILE
+        self.checkpoint_interval, self.progress_bar, self.threads = checkpoint_interval, progress_bar, threads
+        self.stop = stop or threading.Event()
+        self.on_step, self.on_eval = on_step, on_eval
+        self.device = join_processes(pick_device(device))
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        self.is_main = self.rank == 0
+
+        tokenizer, train_ids, val_ids = load_corpus(data_path, config.block_size)
+        self.train_ids, self.val_ids = train_ids.to(self.device), val_ids.to(self.device)
+        self.config = replace(config, vocab=tokenizer.vocab)  # the caller's config is left as it was
+        self._build_model_and_optimizer()
+        self.step, self.elapsed = 0, 0.0
+        if resume:
+            self._resume()
+        self.trained = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        self.amp = autocast(self.device, self.config.dtype)
+
+    # --- Setting up --------------------------------------------------------------------------------
+
+    def _build_model_and_optimizer(self) -> None:
+        config = self.config
+        torch.manual_seed(config.seed)
+        self.model = GPT(config).to(self.device)
+        self.optimizer = self.model.configure_optimizer()
+        # float16 needs its loss scaled so small gradients do not underflow; disabled, the scaler is a no-op.
+        self.scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=config.dtype == "float16")
+        # Each rank draws its own batches; the checkpointed state is rank 0's.
+        self.batches = torch.Generator().manual_seed(config.seed + self.rank)
+        self.average = WeightAverage(self.model, config.ema_decay) if config.ema_decay > 0 else None
+
+    def _resume(self) -> None:
+        if not has_training_state(self.checkpoint):
+            if self.is_main:
+                print(f"no checkpoint in {self.out_dir}: starting from step 0")
+            return
+        check_same_shape(GPTConfig.from_dict(training_meta(self.checkpoint)["config"]), self.config, self.checkpoint)
+        averaged = self.average.model if self.average else None
+        meta = load_training_state(self.checkpoint, self.model, self.optimizer, self.batches, averaged)
+        self.step, self.elapsed = meta["step"], meta["elapsed"]
+        if "scaler" in meta:
+            self.scaler.load_state_dict(meta["scaler"])
+        if self.rank:  # only rank 0's batch stream was saved; the others restart theirs, still distinct
+            self.batches.manual_seed(self.config.seed + self.rank + 1_000_003 * self.step)
+
+    @property
+    def shipped_model(self) -> GPT:
+        """What training ships: the weight average if there is one, else the trained weights."""
+        return self.average.model if self.average else self.model
+
+    def progress(self) -> float:
+        """How far through training (1: done): the larger of the step and wall-clock fractions used."""
+        config = self.config
+        by_steps = self.step / config.max_iters if config.max_iters else 0.0
+        by_clock = self.elapsed / (60 * config.minutes) if config.minutes else 0.0
+        return max(by_steps, by_clock)
+
+    # --- The loop ----------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train to a limit and `finish()`; if stopped first, save a checkpoint and return
+        {steps, elapsed_s, stopped: True} (call finish() then to keep the weights as they are)."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        last_logged = self._start_log()
+        bar = tqdm(total=self.config.max_iters or None, initial=self.step, dynamic_ncols=True,
+                   disable=not (self.is_main and self.progress_bar))  # fmt: skip
+        start = time.perf_counter() - self.elapsed
+        with StopRequest(self.stop):
+            while True:
+                stopping = self._read_clock(start)
+                done = self.progress() >= 1
+                lr = learning_rate(self.config, self.step, self.progress())
+                if self.is_main and (done or self.step % self.config.eval_interval == 0) and self.step > last_logged:
+                    self.evaluate(lr)
+                    last_logged = self.step
+                if done or stopping:
+                    break
+                loss = self.train_step(lr)
+                bar.update()
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
+                if self.step % self.checkpoint_interval == 0:
+                    self.elapsed = time.perf_counter() - start
+                    self.save_checkpoint()
+        bar.close()
+        self.elapsed = time.perf_counter() - start
+        self.save_checkpoint()
+        if not stopping:
+            return self.finish()
+        if self.is_main:
+            print(f"stopped at step {self.step}; checkpoint saved in {self.checkpoint}, continue with --resume")
+        return {"steps": self.step, "elapsed_s": round(self.elapsed, 1), "stopped": True}
+
+    def _read_clock(self, start: float) -> bool:
+        """Update `elapsed`; returns whether a stop was requested. Under torchrun every process takes
+        the same decisions: the slowest clock, anyone's stop."""
+        self.elapsed, stopping = time.perf_counter() - start, self.stop.is_set()
+        if self.world > 1:
+            shared = torch.tensor([self.elapsed, float(stopping)], dtype=torch.float64, device=self.device)
+            dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+            self.elapsed, stopping = shared[0].item(), bool(shared[1].item())
+        return stopping
+
+    def train_step(self, lr: float) -> float:
+        """One optimisation step at learning rate `lr`, then the weight average; returns the loss."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = optimization_step(
+            self.trained, self.optimizer, self.scaler, self.amp, self.config, self.train_ids, self.batches
+        ).item()
+        if self.average:
+            self.average.update(self.model, self.step)
+        self.step += 1
+        if self.on_step:
+            progress = min(self.progress(), 1.0)
+            self.on_step({"step": self.step, "loss": loss, "lr": lr, "elapsed_s": self.elapsed, "progress": progress})
+        return loss
+
+    def evaluate(self, lr: float) -> dict:
+        """Train and validation loss estimates (and the average's), logged, printed and passed to on_eval."""
+
+        def same_batches() -> torch.Generator:  # at every evaluation, so the curve moves only when the model does
+            return torch.Generator().manual_seed(self.config.seed + 1)
+
+        config = self.config
+        with self.amp:
+            splits = {"train": self.train_ids, "val": self.val_ids}
+            losses = estimate_loss(self.model, splits, config.eval_iters, config.batch_size, same_batches())
+            if self.average:
+                val = {"val": self.val_ids}
+                losses["ema_val"] = estimate_loss(self.average.model, val, config.eval_iters, config.batch_size,
+                                                  same_batches())["val"]  # fmt: skip
+        record = {"step": self.step, **{f"{k}_loss": round(v, 4) for k, v in losses.items()},
+                  "lr": lr, "elapsed_s": round(self.elapsed, 1)}  # fmt: skip
+        self._append_log(record)
+        averaged = f", averaged val {losses['ema_val']:.4f}" if self.average else ""
+        tqdm.write(f"step {self.step}: train {losses['train']:.4f}, val {losses['val']:.4f}{averaged}, lr {lr:.2e}")
+        if self.on_eval:
+            self.on_eval(record)
+        return record
+
+    def save_checkpoint(self) -> None:
+        if self.is_main:
+            meta = {"step": self.step, "elapsed": self.elapsed}
+            if self.scaler.is_enabled():
+                meta["scaler"] = self.scaler.state_dict()
+            averaged = self.average.model if self.average else None
+            save_training_state(self.checkpoint, self.model, self.optimizer, self.batches, meta, averaged)
+
+    # --- The end -----------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Score the shipped weights exactly and save them; returns the summary: steps, seconds,
+        parameters, the weights' sha256 (per rank too under torchrun) and, on rank 0, the val loss."""
+        shipped = self.shipped_model
+        summary = {"steps": self.step, "elapsed_s": round(self.elapsed, 1), "params": self.model.num_params(),
+                   "sha256": tensor_digest(shipped.state_dict())}  # fmt: skip
+        if self.world > 1:  # DDP keeps the replicas identical; report every rank's weights to show it
+            summary["sha256_per_rank"] = [None] * self.world
+            dist.all_gather_object(summary["sha256_per_rank"], summary["sha256"])
+        if self.is_main:
+            self.model.eval()
+            if self.average:  # the last step's weights, for comparison with the shipped average
+                summary["last_step_val_loss"] = validation_loss(self.model, self.val_ids)["val_loss"]
+            summary.update(validation_loss(shipped, self.val_ids), data=self.data_name, hardware=self._hardware())
+            save_model(shipped, self.out_dir, summary)
+            self._append_log({"step": self.step, "final": summary})
+        return summary
+
+    # --- Files -------------------------------------------------------------------------------------
+
+    def _start_log(self) -> int:
+        """A fresh log, or the resumed one cut back to the checkpoint; returns the last step logged."""
+        if not self.is_main:
+            return -1
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        recipe = {name: value for name, value in asdict(self.config).items() if name != "vocab"}
+        print(f"recipe: {json.dumps(recipe)}")
+        print(f"{self.model.num_params() / 1e6:.2f}M parameters, vocabulary {self.config.vocab_size}, "
+              f"device {self.device}, world {self.world}")  # fmt: skip
+        if self.step:
+            return trim_log(self.log_path, self.step)
+        write_text(self.log_path, "")
+        return -1
+
+    def _append_log(self, record: dict) -> None:
+        with self.log_path.open("a", encoding="utf-8") as log:
+            log.write(json.dumps(record) + "\n")
+
+    def _hardware(self) -> str:
+        device = self.device
+        name = torch.cuda.get_device_name(device) if device.startswith("cuda") else f"{device} ({os.cpu_count()} cores)"
+        return name if self.world == 1 else f"{self.world} processes, {name} each"
+
+
+def train(config: GPTConfig, data_path: str | Path, out_dir: str | Path, **options: Any) -> dict:
+    """Train a model on a text file into `out_dir` and return the summary. `options` are Trainer's
+    (device, resume, checkpoint_interval, progress_bar, threads, stop, on_step, on_eval). Under
+    torchrun, every process leaves the group together at the end."""
+    summary = Trainer(config, data_path, out_dir, **options).run()
+    leave_processes()
     return summary
