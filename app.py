@@ -22,9 +22,11 @@ from pathlib import Path  # noqa: E402
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # works offline; no calls home
 
 import gradio as gr  # noqa: E402
+import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, WeightsError, load_model, resolve  # noqa: E402
+from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.data import DEFAULT_DATA  # noqa: E402
 from tinygpt.draft import NGramDraft  # noqa: E402
 from tinygpt.fused import FusedGPT  # noqa: E402
@@ -231,6 +233,18 @@ def build_demo(model: GPT, folder: Path | None = None, draft: NGramDraft | None 
     return demo
 
 
+def share_service_reachable(timeout_s: float = 5.0) -> bool:
+    """Whether Gradio's share service answers. Offline, Gradio's own attempt ends in instructions for
+    downloading its tunnel program, which hide the real problem: there is no internet."""
+    from gradio.networking import GRADIO_API_SERVER
+
+    try:
+        httpx.head(GRADIO_API_SERVER, timeout=timeout_s)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
 def resident_memory_mb() -> float:
     """This process's resident memory (Linux /proc; elsewhere the peak from getrusage)."""
     try:
@@ -266,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
                         "same text distribution, ~2.2 characters per pass; 1.3-1.7x faster on PyTorch, ~1%% with "
                         "--fused (default: on without --fused)")  # fmt: skip
     args = parser.parse_args(argv)
+    torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
     try:
         folder = resolve(args.model)
         model = for_inference(load_model(folder), args.precision, args.fused)
@@ -275,8 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = CharTokenizer(model.config.vocab)
     draft = NGramDraft.from_corpus(DEFAULT_DATA, tokenizer) if speculates(model, args.speculative) else None
     demo = build_demo(model, folder, draft)
+    share = args.share and share_service_reachable()
+    if args.share and not share:
+        print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
+              file=sys.stderr)  # fmt: skip
     demo.queue(max_size=QUEUE_SIZE)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, theme=THEME,
+    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
                 prevent_thread_lock=True)  # fmt: skip
     print(
         f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, {args.precision}"

@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import torch
+from huggingface_hub import RepoUrl
 
 from tinygpt import fused
 from tinygpt.checkpoint import save_model
@@ -69,27 +71,33 @@ def free_port() -> int:
 
 
 def start_app(weights: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `python app.py` on a free port with its output going to `log`; returns (process, URL).
-
-    A file, not a pipe: an unread pipe fills up once the server has logged ~64 KB, and then the
-    server blocks on its next write (every request hangs).
-    """
+    """Start `python app.py` on a free port with its output going to `log`; returns (process, URL)."""
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "app.py", "--port", str(port), "--model", str(weights)]
+    return launch(command, ROOT, {**os.environ, "PYTHONUNBUFFERED": "1"}, port, log)
+
+
+def launch(
+    command: list[str], cwd: Path, env: dict, port: int, log: Path, timeout_s: float = 90
+) -> tuple[subprocess.Popen, str]:
+    """Start a server and wait until it listens on `port`; returns (process, URL).
+
+    Its output goes to a file, not a pipe: an unread pipe fills up once the server has logged ~64 KB,
+    and then the server blocks on its next write (every request hangs).
+    """
     with log.open("w") as out:  # the child keeps its own handle
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return process, f"http://127.0.0.1:{port}/"
         except OSError:
             if process.poll() is not None:
-                pytest.fail(f"app.py exited early:\n{log.read_text()}")
+                pytest.fail(f"{command[1]} exited early:\n{log.read_text()}")
             time.sleep(0.5)
     stop_app(process)
-    pytest.fail("app.py did not start listening within 90 s")
+    pytest.fail(f"{command[1]} did not start listening within {timeout_s:.0f} s:\n{log.read_text()}")
 
 
 def stop_app(process: subprocess.Popen) -> None:
@@ -107,3 +115,22 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     process, url = start_app(tiny_weights, tmp_path_factory.mktemp("app") / "app.log")
     yield url
     stop_app(process)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    """huggingface_hub.HfApi's network calls, recorded instead of made."""
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["create_repo"] = {"repo_id": repo_id, **kwargs}
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(p.name for p in Path(folder_path).iterdir())
+        calls["upload_folder"] = {"repo_id": repo_id, "folder_path": Path(folder_path), "files": files, **kwargs}
+        return f"https://huggingface.co/{repo_id}/commit/0123456789abcdef0123456789abcdef01234567"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return calls

@@ -1,10 +1,14 @@
 """The Gradio app: its functions in process, then the real server end to end with gradio_client."""
 
+import http.server
+import socket
+import threading
+
 import gradio as gr
 import pytest
 from gradio_client import Client
 
-from app import build_demo, inside_view, make_generate, make_run
+from app import build_demo, inside_view, make_generate, make_run, share_service_reachable
 from tinygpt.checkpoint import load_model
 from tinygpt.generate import for_inference
 
@@ -57,6 +61,20 @@ def test_build_demo_exposes_only_the_generate_api(tiny_model):
     demo = build_demo(tiny_model)
     public = [dep.api_name for dep in demo.fns.values() if dep.api_visibility == "public"]
     assert public == ["generate"]
+
+
+def test_share_is_dropped_with_a_clear_line_when_gradio_live_is_out_of_reach(monkeypatch):
+    import gradio.networking
+
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused at once
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setattr(gradio.networking, "GRADIO_API_SERVER", f"http://127.0.0.1:{closed.getsockname()[1]}/")
+        assert not share_service_reachable(timeout_s=2)
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as answering:
+        threading.Thread(target=answering.serve_forever, daemon=True).start()
+        monkeypatch.setattr(gradio.networking, "GRADIO_API_SERVER", f"http://127.0.0.1:{answering.server_port}/")
+        assert share_service_reachable(timeout_s=2)  # any answer (here 501) means the service is there
+        answering.shutdown()
 
 
 # --- The real server (conftest's `server`: python app.py in a subprocess) -----------------------------

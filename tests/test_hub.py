@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import huggingface_hub
 import pytest
-from huggingface_hub import ModelCard, RepoUrl
+from huggingface_hub import ModelCard
 
 import train
 from tests.conftest import ROOT
@@ -69,25 +68,6 @@ def test_app_and_cli_report_an_unreachable_hub_in_one_line(tmp_path, command):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.match(r"error: someone/elsewhere not found: .*Hugging Face Hub could not", lines[0])
-
-
-@pytest.fixture
-def fake_hub(monkeypatch):
-    """huggingface_hub.HfApi's network calls, recorded instead of made."""
-    calls = {}
-
-    def create_repo(self, repo_id, **kwargs):
-        calls["create_repo"] = {"repo_id": repo_id, **kwargs}
-        return RepoUrl(f"https://huggingface.co/{repo_id}")
-
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        files = sorted(p.name for p in Path(folder_path).iterdir())
-        calls["upload_folder"] = {"repo_id": repo_id, "folder_path": Path(folder_path), "files": files, **kwargs}
-        return f"https://huggingface.co/{repo_id}/commit/{COMMIT}"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    return calls
 
 
 def test_push_to_hub_uploads_the_hugging_face_layout(fake_hub, tiny_model):

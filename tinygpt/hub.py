@@ -3,6 +3,7 @@
     python train.py --push-to-hub USER/NAME           # train, then upload OUT as a model repo
     python -m tinygpt.hub push weights USER/NAME      # upload a weights folder that already exists
     python app.py --model USER/NAME                   # any --model option also takes a Hub repo
+    python -m tinygpt.hub space USER/NAME             # deploy the demo as a Space (tinygpt.space)
 
 GPT is a huggingface_hub PyTorchModelHubMixin, so GPT.from_pretrained, save_pretrained and
 push_to_hub work too. Nothing here runs unless asked: by default everything reads local files only.
@@ -110,15 +111,34 @@ def push(weights_dir: str | Path, repo_id: str, private: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tinygpt import space  # imported here, as in push: it imports checkpoint, which imports this module
+    from tinygpt.checkpoint import WEIGHTS_DIR
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     push_cmd = commands.add_parser("push", help="upload a weights folder (needs `hf auth login` or HF_TOKEN)")
     push_cmd.add_argument("weights", type=Path)
     push_cmd.add_argument("repo_id", help="USER/NAME")
     push_cmd.add_argument("--private", action="store_true")
+    space_cmd = commands.add_parser("space", help="deploy the demo as a Gradio Space (needs a token, as push)")
+    space_cmd.add_argument("repo_id", help="USER/NAME of the Space")
+    space_cmd.add_argument("--private", action="store_true", help="a private Space (when it is created)")
+    space_cmd.add_argument("--weights", type=Path, default=WEIGHTS_DIR, metavar="DIR",
+                           help="the weights folder the page serves (default: the shipped weights/)")  # fmt: skip
+    space_cmd.add_argument("--stage", type=Path, metavar="DIR",
+                           help="only write the Space's folder to DIR and list it; nothing is uploaded")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        print(push(args.weights, args.repo_id, args.private))
+        if args.command == "push":
+            print(push(args.weights, args.repo_id, args.private))
+        elif args.stage:
+            space.check_name(args.repo_id)
+            files = space.stage(args.stage, args.repo_id, args.weights)
+            for name in files:
+                print(f"{(args.stage / name).stat().st_size:>12,}  {name}")
+            print(f"{sum((args.stage / name).stat().st_size for name in files):>12,}  total, in {args.stage}")
+        else:
+            print(space.upload(args.repo_id, args.private, args.weights))
     except Exception as err:  # network, auth and broken weights all end up here; say what happened
         print(f"error: {err}", file=sys.stderr)
         return 2
