@@ -42,6 +42,7 @@ from tinygpt.generate import (  # noqa: E402
 )
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
+from tinygpt.train_tab import TrainSettings, build_train_tab  # noqa: E402
 
 STREAM_INTERVAL_S = 0.05  # send the growing text to the browser at most this often
 QUEUE_SIZE = 64  # waiting requests beyond this get "Queue is full" at once instead of a long wait
@@ -149,7 +150,10 @@ def model_card_text(folder: Path) -> str:
     return text
 
 
-def build_demo(model: GPT, folder: Path | None = None, draft: NGramDraft | None = None) -> gr.Blocks:
+def build_demo(
+    model: GPT, folder: Path | None = None, draft: NGramDraft | None = None, training: TrainSettings | None = None
+) -> gr.Blocks:
+    """The page: Write, Train (with `training`; tinygpt.train_tab) and Model."""
     run = make_run(model, draft)
     n_params = model.num_params() / 1e6
 
@@ -201,6 +205,9 @@ def build_demo(model: GPT, folder: Path | None = None, draft: NGramDraft | None 
                         label="Confidence", show_legend=False, scale=3, elem_id="confidence"
                     )
                     candidates = gr.Label(label="Top-10 candidates", num_top_classes=10, scale=1, elem_id="candidates")
+        if training:
+            with gr.Tab("Train"):
+                build_train_tab(demo, training)
         with gr.Tab("Model"):
             gr.Markdown(model_card_text(folder) if folder else "")
             curve = folder / "loss_curve.png" if folder else None
@@ -279,7 +286,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="draft characters from the corpus's n-grams and check several per forward pass: the "
                         "same text distribution, ~2.2 characters per pass; 1.3-1.7x faster on PyTorch, ~1%% with "
                         "--fused (default: on without --fused)")  # fmt: skip
+    # A public Space can turn the Train tab off with a variable: TINYGPT_NO_TRAIN=1.
+    no_train = os.environ.get("TINYGPT_NO_TRAIN", "") not in ("", "0")
+    parser.add_argument("--no-train", action="store_true", default=no_train,
+                        help="no Train tab (also the TINYGPT_NO_TRAIN=1 environment variable)")  # fmt: skip
+    parser.add_argument("--max-train-minutes", type=float, default=TrainSettings.max_minutes,
+                        help="the Train tab's longest training, in minutes (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.max_train_minutes < TrainSettings.min_minutes:
+        parser.error(f"--max-train-minutes must be at least {TrainSettings.min_minutes}")
     torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
     try:
         folder = resolve(args.model)
@@ -289,14 +304,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tokenizer = CharTokenizer(model.config.vocab)
     draft = NGramDraft.from_corpus(DEFAULT_DATA, tokenizer) if speculates(model, args.speculative) else None
-    demo = build_demo(model, folder, draft)
+    training = None if args.no_train else TrainSettings(max_minutes=args.max_train_minutes)
+    demo = build_demo(model, folder, draft, training)
     share = args.share and share_service_reachable()
     if args.share and not share:
         print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
               file=sys.stderr)  # fmt: skip
     demo.queue(max_size=QUEUE_SIZE)
-    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
-                prevent_thread_lock=True)  # fmt: skip
+    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME, prevent_thread_lock=True,
+                max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
     print(
         f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, {args.precision}"
         f"{' (fused C++ decode step)' if isinstance(model, FusedGPT) else ''}, "
