@@ -1,61 +1,109 @@
-"""Train the default recipe for a fixed wall-clock budget, then evaluate it exactly.
+"""Train the `--minutes M` preset for M minutes of wall clock, then score it exactly; with --baseline,
+train nanoGPT's CPU recipe for the same M at the same time, side by side.
 
-    python benchmarks/train_budget.py --minutes 10
+    python benchmarks/train_budget.py --minutes 10              # the preset alone, on every core
+    python benchmarks/train_budget.py --minutes 10 --baseline   # the preset and the baseline, side by side
 
-The learning-rate schedule follows the clock (warmup, then cosine decay that ends when the budget
-does), so every budget gets a complete schedule. Prints one JSON line: val_loss, bpc, steps,
-tokens/s and the achieved GFLOP/s (training FLOPs per token ~ 6 x parameters + 12 x L x T x N for
-attention, as in the PaLM / nanoGPT estimate).
+The baseline is the "shakespeare on a MacBook" recipe of nanoGPT's README (4 layers, 4 heads, width
+128, context 64, batch 12, no dropout, learning rate 1e-3 with 100 warmup steps and cosine decay to
+1e-4, AdamW beta2 0.99, weight decay 0.1, float32 as nanoGPT runs on a CPU), trained by this
+project's trainer. Both schedules follow the clock: warmup, then a cosine decay that ends when the
+budget does. Side by side, the two recipes train in two processes at once with one torch thread each,
+so both see the same machine, however busy it is; the load average while they ran is recorded.
+
+Prints one JSON line: per recipe the exact validation loss (tinygpt.evaluate's protocol, at the
+recipe's own context length), steps, tokens/s and its hyperparameters.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tinygpt.config import GPTConfig
+from tinygpt.config import GPTConfig, budget_recipe
 from tinygpt.data import DEFAULT_DATA
 from tinygpt.training import train
 
+# fmt: off
+BASELINE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,
+                learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta2=0.99,
+                dtype="float32", ema_decay=0.0)
+# fmt: on
 
-def training_flops_per_token(config: GPTConfig, params: int) -> float:
-    position_params = config.block_size * config.n_embd  # a lookup, not a matmul
-    return 6 * (params - position_params) + 12 * config.n_layer * config.block_size * config.n_embd
+
+def recipe(name: str, minutes: float) -> GPTConfig:
+    if name == "baseline":
+        return GPTConfig(**BASELINE, max_iters=0, minutes=minutes)
+    return budget_recipe(minutes)
+
+
+def train_one(name: str, minutes: float, data: str, threads: int) -> dict:
+    """Train one recipe for `minutes` and return its figures."""
+    config = recipe(name, minutes)
+    with tempfile.TemporaryDirectory() as out:
+        summary = train(config, data, out, device="cpu", threads=threads, progress_bar=False)
+    return {
+        "val_loss": summary["val_loss"],
+        "bpc": summary["bpc"],
+        "block_size": config.block_size,
+        "steps": summary["steps"],
+        "tokens_per_s": round(summary["steps"] * config.batch_size * config.block_size / summary["elapsed_s"]),
+        "params": summary["params"],
+        "train_seconds": summary["elapsed_s"],
+        "threads": threads or torch.get_num_threads(),
+        "recipe": {k: v for k, v in asdict(config).items() if k != "vocab"},
+    }
+
+
+def side_by_side(minutes: float, data: str) -> dict:
+    """The preset and the baseline in two processes started together, one thread each; also the
+    machine's load average (1 minute), sampled while they ran."""
+    command = [sys.executable, __file__, "--minutes", str(minutes), "--data", data, "--threads", "1", "--only"]
+    with tempfile.TemporaryDirectory() as logs:
+        outputs = {name: Path(logs) / f"{name}.txt" for name in ("ours", "baseline")}
+        processes = {name: subprocess.Popen([*command, name], stdout=out.open("w")) for name, out in outputs.items()}
+        load = []
+        while any(process.poll() is None for process in processes.values()):
+            load.append(os.getloadavg()[0])
+            time.sleep(5)
+        for name, process in processes.items():
+            if process.returncode:
+                raise SystemExit(f"the {name} run failed (exit status {process.returncode})")
+        results = {name: json.loads(out.read_text().splitlines()[-1]) for name, out in outputs.items()}
+    results["load_average"] = {"mean": round(sum(load) / len(load), 2), "max": round(max(load), 2)}
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock training budget")
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--fp32", action="store_true", help="train in float32, without bfloat16 autocast, to compare")
+    parser.add_argument("--baseline", action="store_true", help="also train nanoGPT's CPU recipe, side by side")
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus (default: Tiny Shakespeare)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for a run alone (0: torch's default)")
+    parser.add_argument("--only", choices=("ours", "baseline"), help=argparse.SUPPRESS)  # one side of a comparison
     args = parser.parse_args()
 
-    config = GPTConfig(max_iters=0, minutes=args.minutes, dtype="float32" if args.fp32 else "bfloat16")
-    with tempfile.TemporaryDirectory() as out:
-        summary = train(config, args.data, out, device=args.device, progress_bar=False)
-    tokens_per_s = summary["steps"] * config.batch_size * config.block_size / summary["elapsed_s"]
-    result = {
-        "minutes": args.minutes,
-        "dtype": config.dtype,
-        "val_loss": summary["val_loss"],
-        "bpc": summary["bpc"],
-        "steps": summary["steps"],
-        "tokens_per_s": round(tokens_per_s),
-        "gflops_per_s": round(tokens_per_s * training_flops_per_token(config, summary["params"]) / 1e9, 1),
-        "params": summary["params"],
-        "train_seconds": summary["elapsed_s"],
-        "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
-    }
+    if args.only:
+        print(json.dumps(train_one(args.only, args.minutes, args.data, args.threads)))
+        return
+    if args.baseline:
+        result = {"minutes": args.minutes, "side_by_side": True, **side_by_side(args.minutes, args.data)}
+        result["ours_minus_baseline"] = round(result["ours"]["val_loss"] - result["baseline"]["val_loss"], 5)
+    else:
+        result = {"minutes": args.minutes, "ours": train_one("ours", args.minutes, args.data, args.threads)}
+    result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(json.dumps(result))
 
 

@@ -109,9 +109,14 @@ BUDGET_PRESETS: dict[float, tuple] = {
 # fmt: on
 
 
-def budget_recipe(minutes: float) -> GPTConfig:
-    """The preset of the nearest budget (on a log scale: 3 minutes is nearer 5 than 1), for `minutes`."""
+def nearest_budget(minutes: float) -> float:
+    """The preset budget nearest `minutes` on a log scale (3 minutes is nearer 5 than 1)."""
     if not minutes > 0:
         raise ValueError(f"minutes must be above 0, not {minutes}")
-    nearest = min(BUDGET_PRESETS, key=lambda budget: abs(math.log(budget / minutes)))
-    return GPTConfig(**dict(zip(PRESET_FIELDS, BUDGET_PRESETS[nearest], strict=True)), max_iters=0, minutes=minutes)
+    return min(BUDGET_PRESETS, key=lambda budget: abs(math.log(budget / minutes)))
+
+
+def budget_recipe(minutes: float) -> GPTConfig:
+    """The recipe to train for `minutes` of wall clock: the nearest preset, with no step limit."""
+    preset = dict(zip(PRESET_FIELDS, BUDGET_PRESETS[nearest_budget(minutes)], strict=True))
+    return GPTConfig(**preset, max_iters=0, minutes=minutes)
