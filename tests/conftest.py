@@ -117,6 +117,27 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     stop_app(process)
 
 
+def tiny_recipe(minutes: float) -> GPTConfig:
+    """The Train tab's recipe for tests: a model small enough to learn something in seconds on one thread."""
+    return GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, batch_size=16, learning_rate=1e-2, min_lr=1e-3,
+                     warmup_iters=5, weight_decay=0.0, ema_decay=0.0, dtype="float32", max_iters=0,
+                     minutes=minutes, eval_interval=1_000_000, eval_iters=2)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def train_server(tiny_weights: Path):
+    """The page with a Train tab that trains `tiny_recipe` for 0.05 to 0.5 minutes, served in this process."""
+    from app import build_demo
+    from tinygpt.checkpoint import load_model
+    from tinygpt.train_tab import TrainSettings
+
+    demo = build_demo(load_model(tiny_weights), training=TrainSettings(0.05, 0.5, tiny_recipe))
+    demo.queue()
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url
+    demo.close()
+
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     """huggingface_hub.HfApi's network calls, recorded instead of made."""

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 import random
+import re
+import time
 import zipfile
-from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import tiny_recipe
 from gradio_client import Client
 
-from app import build_demo
 from tinygpt.checkpoint import load_model
-from tinygpt.config import GPTConfig
 from tinygpt.generate import InputError
 from tinygpt.model import GPT
 from tinygpt.playground import (
@@ -27,7 +26,6 @@ from tinygpt.playground import (
     read_upload,
     shortest_text,
 )
-from tinygpt.train_tab import TrainSettings
 
 GREEK = ["καλημέρα", "κόσμε", "θάλασσα", "ήλιος", "φως", "νύχτα", "δέντρο", "πόλη", "λόγος", "ψυχή"]
 LATIN = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do"]
@@ -39,16 +37,6 @@ def words(vocabulary: list[str], n_chars: int, seed: int) -> str:
     while sum(map(len, lines)) < n_chars:
         lines.append(" ".join(rng.choice(vocabulary) for _ in range(rng.randint(3, 8))) + ".\n")
     return "".join(lines)
-
-
-def tiny_recipe(minutes: float) -> GPTConfig:
-    """A model small enough to learn something in seconds on one thread."""
-    return GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, batch_size=16, learning_rate=1e-2, min_lr=1e-3,
-                     warmup_iters=5, weight_decay=0.0, ema_decay=0.0, dtype="float32", max_iters=0,
-                     minutes=minutes, eval_interval=1_000_000, eval_iters=2)  # fmt: skip
-
-
-SETTINGS = TrainSettings(min_minutes=0.05, max_minutes=0.5, recipe=tiny_recipe)
 
 
 # --- Checks ----------------------------------------------------------------------------------------
@@ -167,15 +155,6 @@ def test_the_zip_loads_with_load_model_and_from_pretrained(tmp_path, tiny_model)
 # --- The page's API, served in this process ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def train_server(tiny_weights: Path):
-    demo = build_demo(load_model(tiny_weights), training=SETTINGS)
-    demo.queue()
-    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
-    demo.close()
-
-
 @pytest.mark.slow
 def test_the_train_api_streams_and_its_model_writes_in_its_own_alphabet(train_server, tmp_path):
     text = words(GREEK, 4000, 2)
@@ -198,3 +177,38 @@ def test_the_train_api_streams_and_its_model_writes_in_its_own_alphabet(train_se
     with zipfile.ZipFile(archive) as zipped:
         zipped.extractall(tmp_path)
     assert set(load_model(tmp_path / "tinygpt-model").config.vocab) == alphabet
+
+
+@pytest.mark.slow
+def test_each_session_writes_with_its_own_model_and_waits_its_turn(train_server):
+    greek, latin = words(GREEK, 3000, 3), words(LATIN, 3000, 4)
+    first, second, third = (Client(train_server, verbose=False) for _ in range(3))
+    job_a = first.submit(greek, 0.05, api_name="/train")
+    job_b = second.submit(latin, 0.05, api_name="/train")
+    while not job_b.done():  # one training at a time: the second starts once the first has its result
+        if job_b.outputs():
+            assert job_a.done() or job_a.outputs()[-1][3] is not None
+        time.sleep(0.02)
+    job_a.result(timeout=120), job_b.result(timeout=120)
+    text_a = first.predict("", 200, 1.0, api_name="/generate_trained")
+    text_b = second.predict("", 200, 1.0, api_name="/generate_trained")
+    assert set(text_a) <= set(greek) and set(text_b) <= set(latin)
+    assert set(text_a) & set(GREEK[0]) and set(text_b) & set(LATIN[0])  # each wrote in its own alphabet
+    with pytest.raises(Exception, match="no trained model in this session"):
+        third.predict("", 10, 1.0, api_name="/generate_trained")
+
+
+@pytest.mark.slow
+def test_bad_input_is_a_clear_error_and_the_queue_moves_on(train_server):
+    client = Client(train_server, verbose=False)
+    text = words(LATIN, 3000, 5)
+    for args, message in [
+        (("", 0.1), "no text to train on"),
+        (("short text", 0.1), "needs at least"),
+        (("ab\x00c" * 1000, 0.1), "binary"),
+        ((text, 0.0), "less than minimum value 0.05"),  # the slider's own check, before ours
+        ((text, 11.0), "greater than maximum value 0.5"),
+    ]:
+        with pytest.raises(Exception, match=re.escape(message)):
+            client.predict(*args, api_name="/train")
+    assert client.predict(text, 0.05, api_name="/train")[3] < math.log(len(set(text)))

@@ -189,7 +189,8 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings) -> None:
             val_loss = gr.Number(label="Validation loss", interactive=False, elem_id="train-val-loss")
         with gr.Column():
             curve = gr.LinePlot(x="step", y="loss", color="split", label="Loss (nats per character)",
-                                elem_id="loss-curve", height=300)  # fmt: skip
+                                color_map={"train": "#f97316", "validation": "#2563eb"},
+                                elem_id="loss-curve")  # fmt: skip
             sample = gr.Textbox(label="What it writes so far", lines=6, elem_id="train-sample")
     with gr.Accordion("Write with your model", open=True):
         with gr.Row():
@@ -200,7 +201,7 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings) -> None:
                 write_button = gr.Button("Generate with my model", variant="primary")
             written = gr.Textbox(label="Your model's text", lines=10, elem_id="trained-output")
         download = gr.File(label="Your model (model.safetensors + config.json, zipped)", interactive=False,
-                           elem_id="trained-zip")  # fmt: skip
+                           height=80, elem_id="trained-zip")  # fmt: skip
         if huggingface_hub.get_token():  # pushing needs the server's own Hugging Face token
             with gr.Row():
                 repo = gr.Textbox(label="Hub repo (USER/NAME)", scale=3)
