@@ -125,17 +125,22 @@ def tiny_recipe(minutes: float) -> GPTConfig:
 
 
 @pytest.fixture(scope="session")
-def train_server(tiny_weights: Path):
-    """The page with a Train tab that trains `tiny_recipe` for 0.05 to 0.5 minutes, served in this process."""
-    from app import build_demo
-    from tinygpt.checkpoint import load_model
-    from tinygpt.train_tab import TrainSettings
+def train_server(tmp_path_factory: pytest.TempPathFactory):
+    """A page with only the Train tab, training `tiny_recipe` for 0.05 to 0.5 minutes, served in this
+    process; yields (URL, the VisitorModels it keeps the trained models in)."""
+    import gradio as gr
 
-    demo = build_demo(load_model(tiny_weights), training=TrainSettings(0.05, 0.5, tiny_recipe))
+    from tinygpt.playground import VisitorModels
+    from tinygpt.train_tab import TrainSettings, build_train_tab
+
+    models = VisitorModels(tmp_path_factory.mktemp("visitor-models"))
+    with gr.Blocks() as demo, gr.Tab("Train"):
+        build_train_tab(demo, TrainSettings(0.05, 0.5, tiny_recipe), models)
     demo.queue()
     _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield url
+    yield url, models
     demo.close()
+    models.close()
 
 
 @pytest.fixture

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import re
+import sys
 import time
 import zipfile
 
 import pytest
-from conftest import tiny_recipe
+from conftest import ROOT, free_port, launch, stop_app, tiny_recipe
 from gradio_client import Client
 
 from tinygpt.checkpoint import load_model
@@ -158,7 +160,7 @@ def test_the_zip_loads_with_load_model_and_from_pretrained(tmp_path, tiny_model)
 @pytest.mark.slow
 def test_the_train_api_streams_and_its_model_writes_in_its_own_alphabet(train_server, tmp_path):
     text = words(GREEK, 4000, 2)
-    client = Client(train_server, verbose=False)
+    client = Client(train_server[0], verbose=False)
     job = client.submit(text, 0.1, api_name="/train")
     progress, curve, sample, val_loss, archive = job.result(timeout=120)
     alphabet = set(text)
@@ -182,7 +184,7 @@ def test_the_train_api_streams_and_its_model_writes_in_its_own_alphabet(train_se
 @pytest.mark.slow
 def test_each_session_writes_with_its_own_model_and_waits_its_turn(train_server):
     greek, latin = words(GREEK, 3000, 3), words(LATIN, 3000, 4)
-    first, second, third = (Client(train_server, verbose=False) for _ in range(3))
+    first, second, third = (Client(train_server[0], verbose=False) for _ in range(3))
     job_a = first.submit(greek, 0.05, api_name="/train")
     job_b = second.submit(latin, 0.05, api_name="/train")
     while not job_b.done():  # one training at a time: the second starts once the first has its result
@@ -200,7 +202,7 @@ def test_each_session_writes_with_its_own_model_and_waits_its_turn(train_server)
 
 @pytest.mark.slow
 def test_bad_input_is_a_clear_error_and_the_queue_moves_on(train_server):
-    client = Client(train_server, verbose=False)
+    client = Client(train_server[0], verbose=False)
     text = words(LATIN, 3000, 5)
     for args, message in [
         (("", 0.1), "no text to train on"),
@@ -212,3 +214,23 @@ def test_bad_input_is_a_clear_error_and_the_queue_moves_on(train_server):
         with pytest.raises(Exception, match=re.escape(message)):
             client.predict(*args, api_name="/train")
     assert client.predict(text, 0.05, api_name="/train")[3] < math.log(len(set(text)))
+
+
+# --- app.py: on by default, off with --no-train or TINYGPT_NO_TRAIN=1 -------------------------------
+
+
+def endpoints(url: str) -> set[str]:
+    return set(Client(url, verbose=False).view_api(print_info=False, return_format="dict")["named_endpoints"])
+
+
+@pytest.mark.slow
+def test_app_serves_the_train_api_unless_turned_off(server, tiny_weights, tmp_path):
+    assert {"/generate", "/train", "/generate_trained"} <= endpoints(server)
+    port = free_port()
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(tiny_weights)]
+    env = {**os.environ, "TINYGPT_NO_TRAIN": "1"}
+    process, url = launch(command, ROOT, env, port, tmp_path / "app.log")
+    try:
+        assert endpoints(url) == {"/generate"}
+    finally:
+        stop_app(process)

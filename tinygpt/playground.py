@@ -151,14 +151,15 @@ class Reporter:
             self.losses, self.last_report = [], elapsed
         # The trainer itself evaluates at step 0 and at the end; skip a due estimate just before the end.
         if time.perf_counter() >= self.next_eval and record["progress"] < 1 - 0.5 / EVALS_PER_RUN:
+            started = time.perf_counter()
             self.trainer.evaluate(record["lr"])
+            # At most a quarter of the time goes to estimates and samples (in a short run, every few steps would).
+            self.next_eval = time.perf_counter() + max(self.eval_every_s, 3 * (time.perf_counter() - started))
 
     def on_eval(self, record: dict) -> None:
-        started = time.perf_counter()
         self.emit({"event": "eval", **{k: record[k] for k in ("step", "train_loss", "val_loss", "elapsed_s")}})
         self.emit({"event": "sample", "step": record["step"], "text": sample(self.trainer.shipped_model)})
-        # At most a quarter of the time goes to sampling (in a short run, every few steps would).
-        self.next_eval = time.perf_counter() + max(self.eval_every_s, 3 * (time.perf_counter() - started))
+        self.next_eval = time.perf_counter() + self.eval_every_s
 
 
 def train_text(

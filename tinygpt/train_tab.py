@@ -65,11 +65,12 @@ def no_model_error() -> gr.Error:
     return gr.Error("there is no trained model in this session yet: train one first", print_exception=False)
 
 
-def build_train_tab(demo: gr.Blocks, settings: TrainSettings) -> None:
+def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorModels | None = None) -> None:
     """The tab's components and events, inside the caller's `with gr.Tab(...)`; `demo` gets the
-    unload event that frees the session's model."""
-    models = VisitorModels()
-    atexit.register(models.close)
+    unload event that frees the session's model. The trained models are kept in `models`."""
+    if models is None:
+        models = VisitorModels()
+        atexit.register(models.close)
 
     def train(text: str, minutes: float, request: gr.Request) -> Iterator[tuple]:
         """Train a model on `text` for `minutes`; streams (progress, loss curve, latest sample,
