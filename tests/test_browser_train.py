@@ -40,7 +40,9 @@ def test_training_in_the_page_draws_the_curve_shows_samples_and_writes(train_ser
     )
     # Stop ends the 30-second run early, and keeps the model: its validation loss, and the model to download.
     page.get_by_role("button", name="Stop (keeps what was learned)").click()
-    page.wait_for_function("() => document.querySelector('#train-val-loss input')?.value !== ''", timeout=60_000)
+    page.wait_for_function(
+        "() => (document.querySelector('#train-progress')?.innerText || '').includes('validation loss')", timeout=60_000
+    )
     assert page.locator("#train-progress").inner_text().startswith("stopped:")
     assert "validation" in page.locator("#loss-curve").inner_text()  # the legend: both curves are drawn
     with page.expect_download() as download:

@@ -72,15 +72,16 @@ def generate(page, prompt: str) -> None:
 
 
 def train_and_write(page, minutes: float, prompt: str) -> None:
-    """The Train tab: Tiny Shakespeare for `minutes`, then 300 characters from the new model."""
+    """The Train tab: Tiny Shakespeare for `minutes`, then 200 characters from the new model."""
     page.get_by_role("tab", name="Train").click()
     page.get_by_role("button", name="Use Tiny Shakespeare").click()
     page.wait_for_function("() => (document.querySelector('#train-text textarea')?.value.length || 0) > 1e6")
     page.get_by_label("number input for Minutes").fill(str(minutes))
     page.get_by_label("number input for Minutes").press("Tab")
     page.get_by_role("button", name="Train", exact=True).click()
-    page.wait_for_function(
-        "() => document.querySelector('#train-val-loss input')?.value !== ''", timeout=(60 * minutes + 300) * 1000
+    page.wait_for_function(  # the progress line ends with the validation loss when training is over
+        "() => (document.querySelector('#train-progress')?.innerText || '').includes('validation loss')",
+        timeout=(60 * minutes + 300) * 1000,
     )
     page.locator("#trained-prompt textarea").fill(prompt)
     page.get_by_role("button", name="Generate with my model").click()
