@@ -117,6 +117,7 @@ def test_stop_ends_a_training_early_and_keeps_the_model(tmp_path):
             events.append(event)
             if event["event"] == "step" and event["step"] >= 20:
                 job.stop()
+        job.process.wait(timeout=60)  # closing a job whose process has ended is quiet
     finally:
         job.close()
     summary = events[-1]["summary"]

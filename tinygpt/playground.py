@@ -8,8 +8,9 @@ Read top to bottom:
                        (loss points, estimates, samples) and honours `stop`; plain, so it can be
                        wrapped (a GPU slice on a Space) or run here in a process of its own;
   TrainingJob        - train_text in a child process (`python -m tinygpt.playground`) with one torch
-                       thread: torch's thread count is global to a process, so a training in the
-                       server's own process would change the thread count of the Write tab as well;
+                       thread, at the lowest CPU priority: torch's thread count is global to a
+                       process, so a training in the server's own process would change the thread
+                       count of the Write tab as well, and the Write tab must come first;
   VisitorModels      - each session's trained model, freed when the session closes;
   pack               - the download: one zip of model.safetensors, config.json and the card.
 """
@@ -17,6 +18,7 @@ Read top to bottom:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -50,6 +52,7 @@ EVALS_PER_RUN = 10  # loss estimates (points on the validation curve), each foll
 STEP_REPORT_S = 0.25  # the training loss is sent as the mean over this long, not every step
 SAMPLE_CHARS = 160
 SAMPLE_SEED = 0  # the same seed for every sample, so they differ only by what the model has learned
+TRAINING_NICENESS = 19  # the lowest CPU priority: the Write tab comes first, training takes what is left
 MAX_KEPT_MODELS = 16  # trained models kept at once; API sessions never close, so the oldest goes first
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -212,6 +215,8 @@ def worker(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     torch.set_num_interop_threads(1)
+    if hasattr(os, "nice"):  # POSIX
+        os.nice(TRAINING_NICENESS)
     try:
         train_text(GPTConfig.from_dict(json.loads(args.config)), args.data, args.out,
                    lambda event: events.write(json.dumps(event) + "\n"), stop, threads=1)  # fmt: skip
@@ -256,11 +261,10 @@ class TrainingJob:
 
     def stop(self) -> None:
         """Ask the run to end after its current step; it still finishes and saves the model."""
-        try:
-            self.process.stdin.write("stop\n")
-            self.process.stdin.flush()
-        except (BrokenPipeError, ValueError, OSError):  # already gone
-            pass
+        if self.process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):  # it may end meanwhile: its stdin is then closed
+                self.process.stdin.write("stop\n")
+                self.process.stdin.flush()
 
     def close(self, grace_s: float = 30) -> None:
         """Stop the process, by request, then by force after `grace_s`."""
@@ -271,7 +275,8 @@ class TrainingJob:
             self.process.kill()
             self.process.wait()
         for stream in (self.process.stdin, self.process.stdout):
-            stream.close()
+            with contextlib.suppress(OSError):  # a "stop" still buffered for a process that has ended
+                stream.close()
 
 
 # --- Each visitor's model ------------------------------------------------------------------------

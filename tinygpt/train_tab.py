@@ -88,8 +88,8 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
         points: list[dict] = []
         latest_sample, line, fraction, sent = "", "starting the training process", 0.0, 0.0
 
-        def update(val_loss: float | None = None, download: object = None) -> tuple:
-            download = gr.skip() if download is None else download
+        def update(val_loss: float | None = None, download: str | None = None) -> tuple:
+            # Until the end there is no model: the session's previous one was dropped when this one began.
             curve = pd.DataFrame(points, columns=["step", "loss", "split"])
             return progress_html(fraction, line), curve, latest_sample, val_loss, download
 
