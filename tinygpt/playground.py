@@ -8,9 +8,10 @@ Read top to bottom:
                        (loss points, estimates, samples) and honours `stop`; plain, so it can be
                        wrapped (a GPU slice on a Space) or run here in a process of its own;
   TrainingJob        - train_text in a child process (`python -m tinygpt.playground`) with one torch
-                       thread, at the lowest CPU priority: torch's thread count is global to a
-                       process, so a training in the server's own process would change the thread
-                       count of the Write tab as well, and the Write tab must come first;
+                       thread: torch's thread count is global to a process, so a training in the
+                       server's own process would change the Write tab's thread count as well. It
+                       keeps the normal CPU priority: at the lowest (nice 19) a machine busy with
+                       other work starved it (23 steps in a minute, against 255; README);
   VisitorModels      - each session's trained model, freed when the session closes;
   pack               - the download: one zip of model.safetensors, config.json and the card.
 """
@@ -52,7 +53,6 @@ EVALS_PER_RUN = 10  # loss estimates (points on the validation curve), each foll
 STEP_REPORT_S = 0.25  # the training loss is sent as the mean over this long, not every step
 SAMPLE_CHARS = 160
 SAMPLE_SEED = 0  # the same seed for every sample, so they differ only by what the model has learned
-TRAINING_NICENESS = 19  # the lowest CPU priority: the Write tab comes first, training takes what is left
 MAX_KEPT_MODELS = 16  # trained models kept at once; API sessions never close, so the oldest goes first
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,8 +215,6 @@ def worker(argv: list[str] | None = None) -> int:
 
     threading.Thread(target=watch_stdin, daemon=True).start()
     torch.set_num_interop_threads(1)
-    if hasattr(os, "nice"):  # POSIX
-        os.nice(TRAINING_NICENESS)
     try:
         train_text(GPTConfig.from_dict(json.loads(args.config)), args.data, args.out,
                    lambda event: events.write(json.dumps(event) + "\n"), stop, threads=1)  # fmt: skip
