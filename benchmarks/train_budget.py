@@ -49,10 +49,11 @@ def recipe(name: str, minutes: float) -> GPTConfig:
     return budget_recipe(minutes)
 
 
-def train_one(name: str, minutes: float, data: str, threads: int) -> dict:
-    """Train one recipe for `minutes` and return its figures."""
+def train_one(name: str, minutes: float, data: str, threads: int, keep: str | None) -> dict:
+    """Train one recipe for `minutes` (into KEEP/NAME if given) and return its figures."""
     config = recipe(name, minutes)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(keep) / name if keep else scratch
         summary = train(config, data, out, device="cpu", threads=threads, progress_bar=False)
     return {
         "val_loss": summary["val_loss"],
@@ -67,13 +68,16 @@ def train_one(name: str, minutes: float, data: str, threads: int) -> dict:
     }
 
 
-def side_by_side(minutes: float, data: str) -> dict:
+def side_by_side(minutes: float, data: str, keep: str | None) -> dict:
     """The preset and the baseline in two processes started together, one thread each; also the
     machine's load average (1 minute), sampled while they ran."""
-    command = [sys.executable, __file__, "--minutes", str(minutes), "--data", data, "--threads", "1", "--only"]
+    command = [sys.executable, __file__, "--minutes", str(minutes), "--data", data, "--threads", "1"]
+    command += ["--keep", keep] if keep else []
     with tempfile.TemporaryDirectory() as logs:
         outputs = {name: Path(logs) / f"{name}.txt" for name in ("ours", "baseline")}
-        processes = {name: subprocess.Popen([*command, name], stdout=out.open("w")) for name, out in outputs.items()}
+        processes = {
+            name: subprocess.Popen([*command, "--only", name], stdout=out.open("w")) for name, out in outputs.items()
+        }
         load = []
         while any(process.poll() is None for process in processes.values()):
             load.append(os.getloadavg()[0])
@@ -92,17 +96,18 @@ def main() -> None:
     parser.add_argument("--baseline", action="store_true", help="also train nanoGPT's CPU recipe, side by side")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus (default: Tiny Shakespeare)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads for a run alone (0: torch's default)")
+    parser.add_argument("--keep", metavar="DIR", help="keep the trained models in DIR/ours and DIR/baseline")
     parser.add_argument("--only", choices=("ours", "baseline"), help=argparse.SUPPRESS)  # one side of a comparison
     args = parser.parse_args()
 
     if args.only:
-        print(json.dumps(train_one(args.only, args.minutes, args.data, args.threads)))
+        print(json.dumps(train_one(args.only, args.minutes, args.data, args.threads, args.keep)))
         return
     if args.baseline:
-        result = {"minutes": args.minutes, "side_by_side": True, **side_by_side(args.minutes, args.data)}
+        result = {"minutes": args.minutes, "side_by_side": True, **side_by_side(args.minutes, args.data, args.keep)}
         result["ours_minus_baseline"] = round(result["ours"]["val_loss"] - result["baseline"]["val_loss"], 5)
     else:
-        result = {"minutes": args.minutes, "ours": train_one("ours", args.minutes, args.data, args.threads)}
+        result = {"minutes": args.minutes, "ours": train_one("ours", args.minutes, args.data, args.threads, args.keep)}
     result["machine"] = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(json.dumps(result))
 

@@ -2,7 +2,7 @@
 one-line error for what cannot train (empty, not UTF-8, too short for the context)."""
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from gradio_client import Client
@@ -10,7 +10,7 @@ from gradio_client import Client
 import train as train_py
 from tests.conftest import start_app, stop_app
 from tinygpt.checkpoint import load_model
-from tinygpt.config import budget_recipe, nearest_budget
+from tinygpt.config import GPTConfig, budget_recipe, nearest_budget
 from tinygpt.tokenizer import CharTokenizer
 
 # A few KB of French, Japanese and Chinese, with an emoji, written with Windows line endings.
@@ -75,12 +75,14 @@ def test_too_short_suggests_a_context_that_then_trains(tmp_path, capsys):
     assert train_py.main(["--data", str(data), "--out", str(tmp_path / "out"), *TINY, "--block-size", "21"]) == 0
 
 
-def test_minutes_picks_the_nearest_preset_and_given_flags_override_it(tmp_path):
+def test_minutes_picks_the_nearest_preset_and_given_flags_override_it(tmp_path, capsys):
     data = tmp_path / "mine.txt"
     data.write_bytes(TEXT.encode("utf-8"))
     flags = ["--data", str(data), "--out", str(tmp_path / "out"), "--no-progress", "--threads", "1"]
     assert train_py.main([*flags, "--minutes", "0.02", "--block-size", "16", "--eval-iters", "1"]) == 0
     saved = load_model(tmp_path / "out").config
+    printed = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("recipe: "))
+    assert json.loads(printed.removeprefix("recipe: ")) == {k: v for k, v in asdict(saved).items() if k != "vocab"}
     preset = budget_recipe(0.02)
     assert saved.minutes == 0.02 and saved.max_iters == 0 and saved.block_size == 16  # the flags given
     assert (saved.n_layer, saved.n_embd, saved.learning_rate) == (preset.n_layer, preset.n_embd, preset.learning_rate)
@@ -89,5 +91,6 @@ def test_minutes_picks_the_nearest_preset_and_given_flags_override_it(tmp_path):
 def test_a_budget_gets_the_preset_nearest_on_a_log_scale():
     assert [nearest_budget(m) for m in (0.1, 1, 2, 3, 7, 20, 50, 500)] == [1, 1, 1, 5, 5, 30, 30, 120]
     assert budget_recipe(3) == replace(budget_recipe(5), minutes=3)
+    assert replace(budget_recipe(120), max_iters=GPTConfig().max_iters, minutes=0) == GPTConfig()  # the shipped one
     with pytest.raises(ValueError, match="above 0"):
         budget_recipe(0)

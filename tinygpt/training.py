@@ -22,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -405,9 +405,10 @@ class Trainer:
         if not self.is_main:
             return -1
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        model, world = self.model, self.world
-        print(f"{model.num_params() / 1e6:.2f}M parameters, vocabulary {model.config.vocab_size}, "
-              f"device {self.device}, world {world}")  # fmt: skip
+        recipe = {name: value for name, value in asdict(self.config).items() if name != "vocab"}
+        print(f"recipe: {json.dumps(recipe)}")
+        print(f"{self.model.num_params() / 1e6:.2f}M parameters, vocabulary {self.config.vocab_size}, "
+              f"device {self.device}, world {self.world}")  # fmt: skip
         if self.step:
             return trim_log(self.log_path, self.step)
         write_text(self.log_path, "")
