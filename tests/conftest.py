@@ -70,10 +70,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(weights: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """Start `python app.py` on a free port with its output going to `log`; returns (process, URL)."""
+def start_app(weights: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """Start `python app.py` on a free port (with `options`), its output going to `log`; returns (process, URL)."""
     port = free_port()
-    command = [sys.executable, "app.py", "--port", str(port), "--model", str(weights)]
+    command = [sys.executable, "app.py", "--port", str(port), "--model", str(weights), *options]
     return launch(command, ROOT, {**os.environ, "PYTHONUNBUFFERED": "1"}, port, log)
 
 

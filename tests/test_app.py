@@ -117,7 +117,8 @@ def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(server):
     assert len(client.predict("hi", 10, api_name="/generate")) == 12
 
 
-def test_stop_cancels_a_running_generation(tiny_model):
+def test_the_stop_button_cancels_the_generate_event(tiny_model):
+    """Wiring only; tests/test_serving.py cancels a running generation through the server."""
     demo = build_demo(tiny_model)
     write = next(i for i, dep in demo.fns.items() if dep.name == "write")
     stop = [dep for dep in demo.fns.values() if dep.cancels]

@@ -57,6 +57,7 @@ def test_space_readme_front_matter_configures_a_gradio_space(staged):
     card = SpaceCard.load(staged / "README.md").data
     assert card.sdk == "gradio" and card.sdk_version == pin == gradio.__version__
     assert card.python_version == "3.11" and (staged / card.app_file).is_file()
+    assert card.suggested_hardware == "cpu-basic"
     assert card.title and card.emoji and card.license == "mit"
     assert 0 < len(card.short_description) <= 60  # the Hub's limit
     assert f'Client("{SPACE}")' in (staged / "README.md").read_text()
@@ -73,6 +74,19 @@ def test_space_requirements_install_the_cpu_only_torch(staged):
     torch_pin = next(str(r.specifier) for r in project if r.name == "torch")
     assert str(wanted["torch"].specifier) == f"{torch_pin}+cpu"
     assert all(str(wanted[r.name]) == str(r) for r in project if r.name != "torch")
+
+
+def test_zero_gpu_stage_declares_what_zero_gpu_needs(staged, tmp_path):
+    out = tmp_path / "zero"
+    assert hub.main(["space", SPACE, "--hardware", "zero-gpu", "--stage", str(out)]) == 0
+    card = SpaceCard.load(out / "README.md").data
+    assert card.suggested_hardware == "zero-a10g" and card.sdk == "gradio"
+    assert card.python_version == "3.10"  # the version ZeroGPU's documentation lists
+    lines = [line.split("#")[0].strip() for line in (out / "requirements.txt").read_text().splitlines()]
+    wanted = {Requirement(line).name: Requirement(line) for line in lines if line}  # no index options: all PyPI
+    assert str(wanted["torch"].specifier) == "==2.8.0"  # a version on ZeroGPU's supported list, CUDA build
+    assert "spaces" in wanted and "gradio" in wanted
+    assert files_under(out) == files_under(staged)  # the same page as on CPU basic
 
 
 @pytest.mark.parametrize("name", ["not a name", "noslash", "me/tiny/gpt", "me/tiny--gpt", "me/-tiny"])
@@ -119,7 +133,7 @@ def test_upload_creates_a_gradio_space_and_mirrors_the_staged_folder(fake_hub, m
     assert capsys.readouterr().out.strip() == f"https://huggingface.co/{SPACE}"
     create = fake_hub["create_repo"]
     assert create["repo_id"] == SPACE and create["repo_type"] == "space" and create["space_sdk"] == "gradio"
-    assert create["exist_ok"] and create["private"]
+    assert create["exist_ok"] and create["private"] and create["space_hardware"] == "cpu-basic"
     upload = fake_hub["upload_folder"]
     assert upload["repo_id"] == SPACE and upload["repo_type"] == "space" and upload["delete_patterns"] == "*"
     assert upload["files"] == ["README.md", "app.py", "data", "requirements.txt", "tinygpt", "weights"]

@@ -238,23 +238,49 @@ def test_train_py_refuses_a_corpus_shorter_than_the_context(tmp_path):
     assert "too short for block_size" in result.stderr and "Traceback" not in result.stderr
 
 
+# Run by torchrun in each process: train.py's main, then this process's own trained weights and the
+# first batch it trained on to a file, read from the model object itself (the first GPT built) and
+# from the batches drawn, not from anything train() reports.
+RANK_SCRIPT = """
+import os, sys
+sys.path.insert(0, os.getcwd())
+from safetensors.torch import save_file
+import tinygpt.model, tinygpt.training
+
+built, init = [], tinygpt.model.GPT.__init__
+tinygpt.model.GPT.__init__ = lambda self, *a, **k: (init(self, *a, **k), built.append(self))[0]
+batches, draw = [], tinygpt.training.get_batch
+tinygpt.training.get_batch = lambda *a, **k: batches.append(draw(*a, **k)) or batches[-1]
+import train
+
+code = train.main(sys.argv[2:])
+tensors = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}
+save_file(tensors | {"first_batch": batches[0][0]}, os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.safetensors"))
+sys.exit(code)
+"""
+
+
 def test_torchrun_trains_data_parallel(tmp_path):
     data = tmp_path / "text.txt"
     data.write_text(DEFAULT_DATA.read_text()[:30_000])
+    (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "train.py", "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu", "--n-layer", "1",
-               "--n-embd", "16", "--n-head", "2", "--block-size", "16", "--max-iters", "4", "--eval-iters", "1",
-               "--grad-accum", "2", "--no-progress"]  # fmt: skip
+               str(tmp_path / "rank_script.py"), str(tmp_path), "--data", str(data), "--out", str(tmp_path / "out"),
+               "--device", "cpu", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16",
+               "--max-iters", "4", "--eval-iters", "1", "--grad-accum", "2", "--ema-decay", "0",
+               "--no-progress"]  # fmt: skip
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world 2" in result.stdout
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["steps"] == 4  # only rank 0 reports and saves
-    # Both processes end with the same weights, and they are the ones written.
-    rank0, rank1 = summaries[0]["sha256_per_rank"]
-    assert rank0 == rank1 == summaries[0]["sha256"]
-    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
-        assert f.metadata()["sha256"] == rank0
+    # Each process drew its own batches; DDP averaged their gradients, so both hold the same weights,
+    # and they are the ones written. (Without DDP the two replicas drift apart at the first step.)
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert not torch.equal(rank0.pop("first_batch"), rank1.pop("first_batch"))  # each its own data
+    written = load_file(tmp_path / "out" / "model.safetensors")
+    assert rank0.keys() == rank1.keys() == written.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) and torch.equal(rank0[k], written[k]) for k in rank0)
     assert load_model(tmp_path / "out").config.grad_accum == 2
 
 

@@ -216,6 +216,9 @@ def load_model(name: str | Path = WEIGHTS_DIR, device: str = "cpu", **hub_option
 # scalars (step, elapsed time, config, gradient scaler) as JSON in its metadata. One file, one rename:
 # a checkpoint is always complete.
 
+RNG_STATES = ("rng.batches", "rng.torch")  # the batch sampler's generator and torch's global one
+OPTIMIZER_KEY = re.compile(r"optim\.(\d+)\.(\w+)")  # optim.INDEX.NAME: one tensor of a parameter's state
+
 
 def save_training_state(
     path: str | Path,
@@ -244,11 +247,76 @@ def save_training_state(
 def _read_training_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     legacy = path.with_suffix("")  # checkpoint/{state.safetensors,meta.json}: the two-file format before
     if not path.is_file() and (legacy / "meta.json").is_file():
-        return read_tensors(legacy / "state.safetensors")[0], json.loads((legacy / "meta.json").read_text())
+        try:
+            meta_text = (legacy / "meta.json").read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise WeightsError(f"{legacy / 'meta.json'} cannot be read: {err}") from None
+        return read_tensors(legacy / "state.safetensors")[0], _parse_meta(legacy / "meta.json", meta_text)
     tensors, metadata = read_tensors(path)
     if "meta" not in metadata:
         raise WeightsError(f"{path} is not a training checkpoint (no step or config in its metadata)")
-    return tensors, json.loads(metadata["meta"])
+    return tensors, _parse_meta(path, metadata["meta"])
+
+
+def _parse_meta(path: Path, text: str) -> dict:
+    """The checkpoint's scalars, checked: a JSON object with a step, a config and the elapsed seconds."""
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{path}: its training state (step, config) is not valid JSON: {err}") from None
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path}: its training state should be a JSON object, not {type(meta).__name__}")
+    step, elapsed = meta.get("step"), meta.setdefault("elapsed", 0.0)  # without it, the clock restarts at 0
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise WeightsError(f"{path}: its training state has no valid step (found {step!r})")
+    if isinstance(elapsed, bool) or not isinstance(elapsed, (int, float)) or not elapsed >= 0:
+        raise WeightsError(f"{path}: its training state has no valid elapsed time (found {elapsed!r})")
+    if not isinstance(meta.get("config"), dict):
+        raise WeightsError(f"{path}: its training state has no config")
+    try:
+        GPTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{path}: the config in its training state is invalid: {err}") from None
+    if not isinstance(meta.get("scaler", {}), dict):
+        raise WeightsError(f"{path}: the gradient scaler in its training state is not a JSON object")
+    return meta
+
+
+def _check_training_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, models: dict[str, GPT]
+) -> None:
+    """Every tensor `load_training_state` restores is there, with the shape and dtype it must have:
+    checked before anything is restored, so a bad checkpoint changes nothing."""
+    for prefix, model in models.items():
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        check_state(path, state, model)
+        for name, expected in model.state_dict().items():
+            if state[name].dtype != expected.dtype:
+                raise WeightsError(f"{path}: {prefix}{name} is {state[name].dtype}, not {expected.dtype}")
+    for name in RNG_STATES:
+        if name not in tensors:
+            raise WeightsError(f"{path} lacks {name}, the state of a random generator")
+        try:
+            torch.Generator().set_state(tensors[name])  # a scratch generator: validates, changes nothing
+        except (RuntimeError, TypeError) as err:
+            raise WeightsError(f"{path}: {name} is not a random generator's state ({err})") from None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    names: dict[int, set[str]] = {}
+    for key, value in tensors.items():
+        if not key.startswith("optim."):
+            continue
+        match = OPTIMIZER_KEY.fullmatch(key)
+        if not match or int(match.group(1)) >= len(params):
+            raise WeightsError(f"{path}: {key} belongs to no parameter of this model's optimizer")
+        idx, name = int(match.group(1)), match.group(2)
+        param = params[idx]
+        if value.dim() and (value.shape != param.shape or value.dtype != param.dtype):
+            raise WeightsError(
+                f"{path}: {key} is {value.dtype} {list(value.shape)}, its parameter {param.dtype} {list(param.shape)}"
+            )
+        names.setdefault(idx, set()).add(name)
+    if names and (len(names) != len(params) or len({frozenset(n) for n in names.values()}) != 1):
+        raise WeightsError(f"{path}: the optimizer state is incomplete (some parameters lack some of its tensors)")
 
 
 def load_training_state(
@@ -261,11 +329,10 @@ def load_training_state(
     """Restore what `save_training_state` wrote; returns its meta dict (step, elapsed, ...)."""
     path = Path(path)
     tensors, meta = _read_training_state(path)
-    for prefix, target in (("model.", model), ("average.", averaged)):
-        if target is not None:
-            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            check_state(path, state, target)
-            target.load_state_dict(state)
+    models = {prefix: m for prefix, m in (("model.", model), ("average.", averaged)) if m is not None}
+    _check_training_tensors(path, tensors, optimizer, models)
+    for prefix, target in models.items():
+        target.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
     opt_state = optimizer.state_dict()
     state: dict[int, dict] = {}
     for key, value in tensors.items():

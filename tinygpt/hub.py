@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     space_cmd.add_argument("--private", action="store_true", help="a private Space (when it is created)")
     space_cmd.add_argument("--weights", type=Path, default=WEIGHTS_DIR, metavar="DIR",
                            help="the weights folder the page serves (default: the shipped weights/)")  # fmt: skip
+    space_cmd.add_argument("--hardware", choices=sorted(space.HARDWARE), default="cpu",
+                           help="cpu: CPU basic; zero-gpu: ZeroGPU, where the Train tab trains on the GPU")  # fmt: skip
     space_cmd.add_argument("--stage", type=Path, metavar="DIR",
                            help="only write the Space's folder to DIR and list it; nothing is uploaded")  # fmt: skip
     args = parser.parse_args(argv)
@@ -133,12 +135,12 @@ def main(argv: list[str] | None = None) -> int:
             print(push(args.weights, args.repo_id, args.private))
         elif args.stage:
             space.check_name(args.repo_id)
-            files = space.stage(args.stage, args.repo_id, args.weights)
+            files = space.stage(args.stage, args.repo_id, args.weights, args.hardware)
             for name in files:
                 print(f"{(args.stage / name).stat().st_size:>12,}  {name}")
             print(f"{sum((args.stage / name).stat().st_size for name in files):>12,}  total, in {args.stage}")
         else:
-            print(space.upload(args.repo_id, args.private, args.weights))
+            print(space.upload(args.repo_id, args.private, args.weights, args.hardware))
     except Exception as err:  # network, auth and broken weights all end up here; say what happened
         print(f"error: {err}", file=sys.stderr)
         return 2

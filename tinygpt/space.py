@@ -2,6 +2,7 @@
 
     python -m tinygpt.hub space USER/NAME                # stage, upload, print the Space's URL
     python -m tinygpt.hub space USER/NAME --stage DIR    # only write the folder to DIR and list it
+    python -m tinygpt.hub space USER/NAME --hardware zero-gpu   # a free ZeroGPU Space instead of CPU basic
 
 The folder holds app.py, the tinygpt package (with the C++ source), the weights, the corpus (the
 speculative draft's n-grams), a README.md whose front matter configures the Space, and a
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
@@ -23,10 +25,28 @@ from tinygpt.hub import SHARED_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements.txt"
-PYTHON_VERSION = "3.11"  # the version the project is tested on; without it a Space runs Python 3.10
-# PyTorch's own index of CPU-only wheels: PyPI's Linux torch pulls in gigabytes of CUDA libraries.
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 SHORT_DESCRIPTION = "A character-level GPT trained from scratch on Shakespeare"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a Space on this hardware needs from its README front matter and requirements.txt."""
+
+    python_version: str
+    suggested_hardware: str  # a huggingface_hub SpaceHardware flavour
+    torch_lines: tuple[str, ...]  # the requirements lines that install PyTorch (and what it needs there)
+
+
+HARDWARE = {
+    # CPU basic: the Python the project is tested on (a Space otherwise runs 3.10), and PyTorch's CPU-only
+    # wheels from PyTorch's own index (PyPI's Linux torch pulls in gigabytes of CUDA libraries).
+    "cpu": Hardware(
+        "3.11", "cpu-basic", ("--extra-index-url https://download.pytorch.org/whl/cpu", "torch=={torch}+cpu")
+    ),
+    # ZeroGPU (hub-docs, docs/hub/spaces-zerogpu.md): Gradio SDK only, Python 3.10.13, PyTorch from its
+    # supported list (2.8.0 is the newest listed), CUDA builds from PyPI, and the `spaces` package.
+    "zero-gpu": Hardware("3.10", "zero-a10g", ("torch==2.8.0", "spaces==0.51.3")),
+}
 
 
 class SpaceError(ValueError):
@@ -41,24 +61,28 @@ def pinned_version(package: str, requirements: Path = REQUIREMENTS) -> str:
     raise SpaceError(f"{requirements} does not pin {package} (expected {package}==VERSION)")
 
 
-def space_requirements() -> str:
-    """The project's runtime requirements, with torch's CPU-only build from PyTorch's index."""
+def space_requirements(hardware: Hardware = HARDWARE["cpu"]) -> str:
+    """The project's runtime requirements, with PyTorch installed as `hardware` needs it."""
     torch = pinned_version("torch").split("+")[0]
-    lines = ["# The Space's requirements: the project's requirements.txt with PyTorch's CPU-only build.",
-             f"--extra-index-url {TORCH_CPU_INDEX}"]  # fmt: skip
+    lines = ["# The Space's requirements: the project's requirements.txt, with PyTorch as this hardware needs it."]
+    lines += [line.format(torch=torch) for line in hardware.torch_lines if line.startswith("--")]
     for line in REQUIREMENTS.read_text(encoding="utf-8").splitlines():
-        lines.append(f"torch=={torch}+cpu" if line.startswith("torch==") else line)
+        if line.startswith("torch=="):
+            lines += [line.format(torch=torch) for line in hardware.torch_lines if not line.startswith("--")]
+        else:
+            lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def space_card(repo_id: str) -> str:
+def space_card(repo_id: str, hardware: Hardware = HARDWARE["cpu"]) -> str:
     """The README.md of the Space `repo_id`: its configuration as front matter, then what the page is."""
     from huggingface_hub import SpaceCardData
 
     config = SpaceCardData(
         title="Tiny_GPT", emoji="🎭", colorFrom="indigo", colorTo="red", sdk="gradio",
-        sdk_version=pinned_version("gradio"), python_version=PYTHON_VERSION, app_file="app.py",
+        sdk_version=pinned_version("gradio"), python_version=hardware.python_version, app_file="app.py",
         license="mit", pinned=False, short_description=SHORT_DESCRIPTION,
+        suggested_hardware=hardware.suggested_hardware,
     )  # fmt: skip
     return "\n".join([
         "---", config.to_yaml(), "---", "",
@@ -77,8 +101,9 @@ def space_card(repo_id: str) -> str:
     ])  # fmt: skip
 
 
-def stage(out: str | Path, repo_id: str, weights: str | Path = WEIGHTS_DIR) -> list[Path]:
-    """Write the folder of the Space `repo_id` to `out` (new or empty); returns its files, relative to `out`.
+def stage(out: str | Path, repo_id: str, weights: str | Path = WEIGHTS_DIR, hardware: str = "cpu") -> list[Path]:
+    """Write the folder of the Space `repo_id` to `out` (new or empty) for `hardware` (a HARDWARE key);
+    returns its files, relative to `out`.
 
     The weights are loaded first, so a broken folder is never staged.
     """
@@ -95,8 +120,8 @@ def stage(out: str | Path, repo_id: str, weights: str | Path = WEIGHTS_DIR) -> l
             shutil.copy2(weights / name, out / "weights" / name)
     (out / "data").mkdir()
     shutil.copy2(DEFAULT_DATA, out / "data" / DEFAULT_DATA.name)
-    (out / "README.md").write_text(space_card(repo_id), encoding="utf-8")
-    (out / "requirements.txt").write_text(space_requirements(), encoding="utf-8")
+    (out / "README.md").write_text(space_card(repo_id, HARDWARE[hardware]), encoding="utf-8")
+    (out / "requirements.txt").write_text(space_requirements(HARDWARE[hardware]), encoding="utf-8")
     return sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
 
 
@@ -112,19 +137,20 @@ def check_name(repo_id: str) -> None:
         raise SpaceError(f"{repo_id!r} is not a valid Space name: give it as USER/NAME")
 
 
-def upload(repo_id: str, private: bool = False, weights: str | Path = WEIGHTS_DIR) -> str:
+def upload(repo_id: str, private: bool = False, weights: str | Path = WEIGHTS_DIR, hardware: str = "cpu") -> str:
     """Stage the Space in a temporary folder and upload it (the Space is created if missing, and files
     it holds that the folder does not are deleted); returns the Space's URL."""
     from huggingface_hub import HfApi, get_token
 
     check_name(repo_id)
     with tempfile.TemporaryDirectory() as folder:
-        stage(folder, repo_id, weights)
+        stage(folder, repo_id, weights, hardware)
         if get_token() is None:
             raise SpaceError("no Hugging Face token: run `hf auth login` or set HF_TOKEN (a token with write access)")
         api = HfApi()
         try:
-            url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+            url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True,
+                                  space_hardware=HARDWARE[hardware].suggested_hardware)  # fmt: skip
             api.upload_folder(repo_id=repo_id, repo_type="space", folder_path=folder, delete_patterns="*",
                               commit_message="Deploy the Tiny_GPT demo")  # fmt: skip
         except Exception as err:  # no network, a refused token, a name taken by someone else: say which

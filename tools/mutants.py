@@ -1,0 +1,230 @@
+"""Mutation check of the test suite: plant one plausible bug at a time in a copy of the tree, run the
+tests that should catch it, and report which bugs the tests let through.
+
+    python tools/mutants.py                  # every mutant (several minutes)
+    python tools/mutants.py int8 resume      # only mutants whose name contains one of these words
+    python tools/mutants.py --list
+
+A developer tool, not part of CI. Each mutant is a set of exact text replacements; when the code has
+moved and a replacement's text is not found exactly once (in its file, or else in any one source
+file), the mutant is "not applicable" and the rest still run. Prints a table, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ["tinygpt/*.py", "tinygpt/csrc/*.cpp", "*.py", "README.md"]  # where moved code is looked for
+SKIP = shutil.ignore_patterns(".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".torch_ext", "runs")
+TIMEOUT_S = 900
+
+
+class Mutant(NamedTuple):
+    name: str
+    file: str  # where the code is today; other source files are searched if it has moved
+    edits: list[tuple[str, str]]  # (old, new): each old text must occur exactly once
+    tests: list[str]  # pytest arguments: the tests that should catch it
+
+
+MUTANTS = [
+    # The six bugs issue 18 found surviving.
+    Mutant("int8 linear returns zeros", "tinygpt/generate.py",
+           [("        return y if self.bias is None else y + self.bias",
+             "        y = torch.zeros_like(y)\n        return y if self.bias is None else y + self.bias")],
+           ["tests/test_oracles.py", "-k", "int8"]),
+    Mutant("grad accumulation without dividing the loss", "tinygpt/training.py",
+           [("scaler.scale(loss / config.grad_accum).backward()", "scaler.scale(loss).backward()")],
+           ["tests/test_oracles.py", "-k", "accumulates"]),
+    Mutant("empty weight-decay group", "tinygpt/model.py",
+           [('if p.dim() >= 2 and "embedding" not in n]', 'if p.dim() > 2 and "embedding" not in n]'),
+            ('if p.dim() < 2 or "embedding" in n]', 'if p.dim() <= 2 or "embedding" in n]')],
+           ["tests/test_oracles.py", "-k", "weight_decay"]),
+    Mutant("weight decay on the embeddings", "tinygpt/model.py",
+           [('if p.dim() >= 2 and "embedding" not in n]', "if p.dim() >= 2]"),
+            ('if p.dim() < 2 or "embedding" in n]', "if p.dim() < 2]")],
+           ["tests/test_oracles.py", "-k", "weight_decay"]),
+    Mutant("weight average's step inverted", "tinygpt/training.py",
+           [("averaged.lerp_(current, weight)", "averaged.lerp_(current, 1 - weight)")],
+           ["tests/test_oracles.py", "-k", "weight_average"]),
+    Mutant("trim_log keeps every record", "tinygpt/training.py",
+           [('if record["step"] <= step and "final" not in record:', "if True:")],
+           ["tests/test_oracles.py", "-k", "log"]),
+    Mutant("torchrun without DDP", "tinygpt/training.py",
+           [("trained = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model", "trained = model")],
+           ["tests/test_training.py", "-k", "torchrun"]),
+    Mutant("torchrun ranks all draw the same batches", "tinygpt/training.py",
+           [("manual_seed(config.seed + rank)", "manual_seed(config.seed)")],
+           ["tests/test_training.py", "-k", "torchrun"]),
+    Mutant("DDP synchronises the wrong micro-batch", "tinygpt/training.py",
+           [("if distributed and not last_micro else", "if distributed and last_micro else")],
+           ["tests/test_training.py", "-k", "torchrun"]),
+    # The loose ends it listed.
+    Mutant("README val loss off by 3e-4", "README.md",
+           [("| `weights/` | 1.4194 |", "| `weights/` | 1.4197 |")],
+           ["tests/test_evaluate.py", "-k", "readme"]),
+    Mutant("README bpc off", "README.md",
+           [("| `weights/` | 1.4194 | 2.0478 |", "| `weights/` | 1.4194 | 2.0491 |")],
+           ["tests/test_evaluate.py", "-k", "readme"]),
+    Mutant("README parameter count off", "README.md",
+           [("| `weights/` | 1.4194 | 2.0478 | 4.83M |", "| `weights/` | 1.4194 | 2.0478 | 4.85M |")],
+           ["tests/test_evaluate.py", "-k", "readme"]),
+    Mutant("generation runs to the end before streaming (Stop cannot stop it)", "app.py",
+           [("        for step in steps:\n            text += step.chars[0]",
+             "        for step in list(steps):\n            text += step.chars[0]")],
+           ["tests/test_serving.py", "-k", "cancel"]),
+    Mutant("Stop button wired to nothing", "app.py",
+           [("stop.click(None, cancels=[event])", "stop.click(None)")],
+           ["tests/test_app.py", "-k", "stop"]),
+    Mutant("API runs requests side by side on one KV cache", "app.py",
+           [('api_name="generate", concurrency_limit=1,', 'api_name="generate", concurrency_limit=None,')],
+           ["tests/test_serving.py", "-k", "concurrent"]),
+    Mutant("the app never speculates", "tinygpt/generate.py",
+           [("return requested if requested is not None else not isinstance(model, FusedGPT)", "return False")],
+           ["tests/test_serving.py", "-k", "speculative"]),
+    Mutant("C++ attention threads share one scores buffer", "tinygpt/csrc/decode.cpp",
+           [("    at::parallel_for(0, K * H, 1, [&](int64_t begin, int64_t end) {\n"
+             "      std::vector<float> scores(pos + K);\n",
+             "    std::vector<float> scores(pos + K);\n"
+             "    at::parallel_for(0, K * H, 1, [&](int64_t begin, int64_t end) {\n")],
+           ["tests/test_oracles.py", "-k", "two_threads"]),
+    Mutant("resume validation skipped", "tinygpt/checkpoint.py",
+           [("    _check_training_tensors(path, tensors, optimizer, models)\n", "")],
+           ["tests/test_resume_errors.py"]),
+    # More plausible bugs.
+    Mutant("attention not causal", "tinygpt/model.py",
+           [("is_causal=T > 1 and mask is None", "is_causal=False")],
+           ["tests/test_model.py", "tests/test_decoding.py"]),
+    Mutant("KV cache position off by one", "tinygpt/generate.py",
+           [("logits = decode_one(model, token, context.size(1) - 1)",
+             "logits = decode_one(model, token, context.size(1) - 2)")],
+           ["tests/test_decoding.py"]),
+    Mutant("cached positions ignore input_pos", "tinygpt/model.py",
+           [("start = input_pos or 0", "start = 0")],
+           ["tests/test_decoding.py"]),
+    Mutant("temperature multiplies", "tinygpt/sampling.py",
+           [("keepdim=True).values) / temperature", "keepdim=True).values) * temperature")],
+           ["tests/test_decoding.py"]),
+    Mutant("top-p drops the token that reaches p", "tinygpt/sampling.py",
+           [("drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p", "drop_sorted = cumulative >= top_p")],
+           ["tests/test_decoding.py"]),
+    Mutant("top-k keeps k - 1", "tinygpt/sampling.py",
+           [("logits.masked_fill(logits < kth_largest", "logits.masked_fill(logits <= kth_largest")],
+           ["tests/test_decoding.py"]),
+    Mutant("fast window re-prefills a quarter", "tinygpt/generate.py",
+           [('keep = block_size // 2 if window == "fast" else block_size',
+             'keep = block_size // 4 if window == "fast" else block_size')],
+           ["tests/test_decoding.py"]),
+    Mutant("split fraction 0.8", "tinygpt/data.py",
+           [("TRAIN_FRACTION = 0.9", "TRAIN_FRACTION = 0.8")],
+           ["tests/test_training.py", "-k", "split"]),
+    Mutant("warmup starts at step 1", "tinygpt/training.py",
+           [("config.learning_rate * (step + 1) / config.warmup_iters",
+             "config.learning_rate * step / config.warmup_iters")],
+           ["tests/test_training.py", "-k", "learning_rate"]),
+    Mutant("learning-rate schedule never reaches the optimizer", "tinygpt/training.py",
+           [('            for group in optimizer.param_groups:\n                group["lr"] = lr\n', "")],
+           ["tests/test_oracles.py", "-k", "first_step"]),
+    Mutant("gradient clipping skipped", "tinygpt/training.py",
+           [("if config.grad_clip > 0:", "if config.grad_clip < 0:")],
+           ["tests/test_oracles.py", "-k", "accumulates"]),
+    Mutant("resume does not restore the batch sampler", "tinygpt/checkpoint.py",
+           [('    generator.set_state(tensors["rng.batches"])\n', "")],
+           ["tests/test_training.py", "-k", "resumes"]),
+    Mutant("the last step's weights shipped instead of the average", "tinygpt/training.py",
+           [("shipped = average.model if average else model", "shipped = model")],
+           ["tests/test_training.py", "-k", "weight_average"]),
+    Mutant("int8 scale off by 2x", "tinygpt/generate.py",
+           [("clamp(min=1e-8) / 127", "clamp(min=1e-8) / 254")],
+           ["tests/test_oracles.py", "-k", "int8"]),
+    Mutant("speculation keeps a rejected draft's probability", "tinygpt/generate.py",
+           [("new = probs[kept] if kept == len(drafted) else without(probs[kept], drafted[kept])",
+             "new = probs[kept]")],
+           ["tests/test_speculative.py"]),
+    Mutant("validation loss divides by one too many", "tinygpt/evaluate.py",
+           [("loss = total / n_targets", "loss = total / (n_targets + 1)")],
+           ["tests/test_evaluate.py", "-k", "window"]),
+]  # fmt: skip
+
+
+def locate(tree: Path, mutant: Mutant) -> tuple[Path, str] | str:
+    """The file the edits apply to and its mutated text, or why the mutant does not apply."""
+    candidates = [tree / mutant.file, *sorted(p for pattern in SOURCES for p in tree.glob(pattern))]
+    for path in dict.fromkeys(candidates):
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if all(text.count(old) == 1 for old, _ in mutant.edits):
+            for old, new in mutant.edits:
+                text = text.replace(old, new)
+            return path, text
+    return "not applicable (code not found)"
+
+
+def first_failure(output: str) -> str:
+    """The test that failed first, from pytest's short summary (FAILED/ERROR lines)."""
+    match = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, re.MULTILINE)
+    return match.group(1) if match else "?"
+
+
+def run(tree: Path, mutant: Mutant, env: dict[str, str]) -> dict:
+    found = locate(tree, mutant)
+    if isinstance(found, str):
+        return {"mutant": mutant.name, "result": found, "test": ""}
+    path, mutated = found
+    original = path.read_text(encoding="utf-8")
+    path.write_text(mutated, encoding="utf-8")
+    if path.suffix == ".cpp":  # a fresh build folder, so the planted C++ is compiled and used
+        env = {**env, "TORCH_EXTENSIONS_DIR": tempfile.mkdtemp(prefix="mutant_ext_")}
+    started = time.perf_counter()
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
+    try:
+        done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+        code, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired:
+        code, output = -1, ""
+    finally:
+        path.write_text(original, encoding="utf-8")
+        if path.suffix == ".cpp":
+            shutil.rmtree(env["TORCH_EXTENSIONS_DIR"], ignore_errors=True)
+    result = {0: "SURVIVED", 1: "caught", -1: f"timed out after {TIMEOUT_S} s"}.get(code, f"error (pytest exit {code})")
+    test = first_failure(output) if code == 1 else ""
+    return {"mutant": mutant.name, "result": result, "test": test, "seconds": round(time.perf_counter() - started)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("words", nargs="*", help="run only mutants whose name contains one of these")
+    parser.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.words or any(w.lower() in m.name.lower() for w in args.words)]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:70} {m.file:24} {' '.join(m.tests)}")
+        return 0
+    results = []
+    with tempfile.TemporaryDirectory(prefix="mutants_") as tmp:
+        tree = Path(shutil.copytree(ROOT, Path(tmp) / "tree", ignore=SKIP))
+        # The C++ step is built once for the copy (the first mutant's tests wait ~1 minute for it).
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "TORCH_EXTENSIONS_DIR": str(Path(tmp) / "ext")}
+        print(f"{'mutant':68} {'result':26} caught by", flush=True)
+        for mutant in chosen:
+            results.append(run(tree, mutant, env))
+            r = results[-1]
+            print(f"{r['mutant']:68} {r['result']:26} {r['test']}", flush=True)
+    survived = [r["mutant"] for r in results if r["result"] == "SURVIVED"]
+    caught = sum(r["result"] == "caught" for r in results)
+    print(json.dumps({"mutants": len(results), "caught": caught, "survived": survived, "results": results}))
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
