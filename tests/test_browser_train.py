@@ -38,12 +38,24 @@ def test_training_in_the_page_draws_the_curve_shows_samples_and_writes(train_ser
     page.wait_for_function(
         "() => /^\\[step [1-9]/.test(document.querySelector('#train-sample textarea')?.value || '')", timeout=60_000
     )
+    # Another visitor meanwhile waits in the queue, and sees their place in it.
+    other = browser.new_page()
+    other.goto(url)
+    other.locator("#train-text textarea").fill(words(LATIN, 3000, 7))
+    other.get_by_role("button", name="Train", exact=True).click()
+    other.wait_for_function(
+        "() => /queue/i.test(document.querySelector('#train-progress')?.innerText || '')", timeout=30_000
+    )
     # Stop ends the 30-second run early, and keeps the model: its validation loss, and the model to download.
     page.get_by_role("button", name="Stop (keeps what was learned)").click()
     page.wait_for_function(
         "() => (document.querySelector('#train-progress')?.innerText || '').includes('validation loss')", timeout=60_000
     )
     assert page.locator("#train-progress").inner_text().startswith("stopped:")
+    other.wait_for_function(  # the queue moved on: the other visitor's training runs
+        "() => /^step /.test(document.querySelector('#train-progress')?.innerText || '')", timeout=60_000
+    )
+    other.get_by_role("button", name="Stop (keeps what was learned)").click()
     assert "validation" in page.locator("#loss-curve").inner_text()  # the legend: both curves are drawn
     with page.expect_download() as download:
         page.locator('#trained-zip a[download="tinygpt-model.zip"]').click()

@@ -10,6 +10,8 @@ import sys
 import time
 import zipfile
 
+import gradio as gr
+import huggingface_hub
 import pytest
 from conftest import ROOT, free_port, launch, stop_app, tiny_recipe
 from gradio_client import Client
@@ -28,6 +30,7 @@ from tinygpt.playground import (
     read_upload,
     shortest_text,
 )
+from tinygpt.train_tab import TrainSettings, build_train_tab
 
 GREEK = ["καλημέρα", "κόσμε", "θάλασσα", "ήλιος", "φως", "νύχτα", "δέντρο", "πόλη", "λόγος", "ψυχή"]
 LATIN = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do"]
@@ -235,3 +238,25 @@ def test_app_serves_the_train_api_unless_turned_off(server, tiny_weights, tmp_pa
         assert endpoints(url) == {"/generate"}
     finally:
         stop_app(process)
+
+
+def test_push_uploads_the_sessions_model_only_where_a_token_is_configured(monkeypatch, fake_hub, tiny_model, tmp_path):
+    from tinygpt.checkpoint import save_model
+
+    def push_handler(models: VisitorModels):
+        with gr.Blocks() as demo:
+            build_train_tab(demo, TrainSettings(), models)
+        return next((dep.fn for dep in demo.fns.values() if dep.name == "push"), None)
+
+    models = VisitorModels(tmp_path)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    assert push_handler(models) is None  # no token: no push button
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_test")
+    push = push_handler(models)
+    folder = models.folder("session-a")
+    save_model(tiny_model, folder)
+    models.keep("session-a", VisitorModel(folder, tiny_model, {}))
+    assert "USER/mine" in push(" USER/mine ", gr.Request(session_hash="session-a"))
+    assert fake_hub["upload_folder"]["repo_id"] == "USER/mine" and fake_hub["upload_folder"]["folder_path"] == folder
+    with pytest.raises(gr.Error, match="no trained model"):
+        push("USER/mine", gr.Request(session_hash="session-b"))
