@@ -181,8 +181,9 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
             with gr.Row():
                 upload_button = gr.UploadButton("Upload a .txt file", file_types=[".txt"], type="filepath")
                 example = gr.Button("Use Tiny Shakespeare")
-            minutes = gr.Slider(settings.min_minutes, settings.max_minutes, value=max(settings.min_minutes, 1),
-                                step=settings.min_minutes, label="Minutes")  # fmt: skip
+            start = min(max(settings.min_minutes, 1), settings.max_minutes)  # a minute, where allowed
+            minutes = gr.Slider(settings.min_minutes, settings.max_minutes, value=start, step=settings.min_minutes,
+                                label="Minutes")  # fmt: skip
             with gr.Row():
                 train_button = gr.Button("Train", variant="primary")
                 stop_button = gr.Button("Stop (keeps what was learned)", variant="stop")
