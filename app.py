@@ -34,6 +34,7 @@ from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
+from tinygpt.train_tab import TrainSettings, build_train_tab  # noqa: E402
 
 STREAM_INTERVAL_S = 0.05  # send the growing text to the browser at most this often
 QUEUE_SIZE = 64  # waiting requests beyond this get "Queue is full" at once instead of a long wait
@@ -139,7 +140,8 @@ def model_card_text(folder: Path) -> str:
     return text
 
 
-def build_demo(engine: Engine, folder: Path | None = None) -> gr.Blocks:
+def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettings | None = None) -> gr.Blocks:
+    """The page: Write, Train (with `training`; tinygpt.train_tab) and Model."""
     run = make_run(engine)
     model = engine.decoder.backend.model
     n_params = model.num_params() / 1e6
@@ -192,6 +194,9 @@ def build_demo(engine: Engine, folder: Path | None = None) -> gr.Blocks:
                         label="Confidence", show_legend=False, scale=3, elem_id="confidence"
                     )
                     candidates = gr.Label(label="Top-10 candidates", num_top_classes=10, scale=1, elem_id="candidates")
+        if training:
+            with gr.Tab("Train"):
+                build_train_tab(demo, training)
         with gr.Tab("Model"):
             gr.Markdown(model_card_text(folder) if folder else "")
             curve = folder / "loss_curve.png" if folder else None
@@ -279,9 +284,17 @@ def main(argv: list[str] | None = None) -> int:
                         "cpp (the C++ step, float32; built in the background after the page is up)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help="generations decoded together (1: one at a time); others wait in the queue")  # fmt: skip
+    # A public Space can turn the Train tab off with a variable: TINYGPT_NO_TRAIN=1.
+    no_train = os.environ.get("TINYGPT_NO_TRAIN", "") not in ("", "0")
+    parser.add_argument("--no-train", action="store_true", default=no_train,
+                        help="no Train tab (also the TINYGPT_NO_TRAIN=1 environment variable)")  # fmt: skip
+    parser.add_argument("--max-train-minutes", type=float, default=TrainSettings.max_minutes,
+                        help="the Train tab's longest training, in minutes (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.max_batch < 1:
         parser.error(f"--max-batch must be at least 1, not {args.max_batch}")
+    if args.max_train_minutes < TrainSettings.min_minutes:
+        parser.error(f"--max-train-minutes must be at least {TrainSettings.min_minutes}")
     torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
     # The C++ step takes ~40 s to compile on a fresh machine: serve with PyTorch meanwhile.
     compile_later = args.backend in ("auto", "cpp")
@@ -293,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     engine = Engine(backend, args.max_batch)
-    demo = build_demo(engine, folder)
+    training = None if args.no_train else TrainSettings(max_minutes=args.max_train_minutes)
+    demo = build_demo(engine, folder, training)
     share = args.share and share_service_reachable()
     if args.share and not share:
         print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
@@ -301,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(max_size=QUEUE_SIZE)
     # Every running generation holds a worker thread while it waits for its next characters.
     demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
-                max_threads=max(40, 2 * args.max_batch + 8), prevent_thread_lock=True)  # fmt: skip
+                max_threads=max(40, 2 * args.max_batch + 8), prevent_thread_lock=True,
+                max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
     print(
         f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, decoding with {engine.backend.name}"
         f"{' until the C++ step is built' if compile_later else ''}, up to {args.max_batch} generations at once; "

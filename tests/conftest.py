@@ -129,6 +129,32 @@ def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
     stop_app(process)
 
 
+def tiny_recipe(minutes: float) -> GPTConfig:
+    """The Train tab's recipe for tests: a model small enough to learn something in seconds on one thread."""
+    return GPTConfig(block_size=16, n_layer=1, n_head=2, n_embd=32, batch_size=16, learning_rate=1e-2, min_lr=1e-3,
+                     warmup_iters=5, weight_decay=0.0, ema_decay=0.0, dtype="float32", max_iters=0,
+                     minutes=minutes, eval_interval=1_000_000, eval_iters=2)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def train_server(tmp_path_factory: pytest.TempPathFactory):
+    """A page with only the Train tab, training `tiny_recipe` for 0.05 to 0.5 minutes, served in this
+    process; yields (URL, the VisitorModels it keeps the trained models in)."""
+    import gradio as gr
+
+    from tinygpt.playground import VisitorModels
+    from tinygpt.train_tab import TrainSettings, build_train_tab
+
+    models = VisitorModels(tmp_path_factory.mktemp("visitor-models"))
+    with gr.Blocks() as demo, gr.Tab("Train"):
+        build_train_tab(demo, TrainSettings(0.05, 0.5, tiny_recipe), models)
+    demo.queue()
+    _, url, _ = demo.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield url, models
+    demo.close()
+    models.close()
+
+
 @pytest.fixture
 def fake_hub(monkeypatch):
     """huggingface_hub.HfApi's network calls, recorded instead of made."""
