@@ -338,7 +338,7 @@ class VisitorModels:
 
 def pack(folder: Path, name: str = "tinygpt-model") -> Path:
     """FOLDER/NAME.zip holding NAME/ with the weights, config and card: unzip it, then
-    `python app.py --model NAME` or GPT.from_pretrained("NAME")."""
+    `python app.py --model NAME` or tinygpt.hub.TinyGPT.from_pretrained("NAME")."""
     archive = folder / f"{name}.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
         for file in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):
