@@ -27,12 +27,14 @@ import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from tinygpt import zerogpu  # noqa: E402
 from tinygpt.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
 from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # noqa: E402
 from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
+from tinygpt.playground import TrainingJob  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
 from tinygpt.train_tab import TrainSettings, build_train_tab  # noqa: E402
 
@@ -306,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     engine = Engine(backend, args.max_batch)
-    training = None if args.no_train else TrainSettings(max_minutes=args.max_train_minutes)
+    training = None
+    if not args.no_train:  # on a ZeroGPU Space each training runs on a GPU slice (tinygpt.zerogpu)
+        job = zerogpu.gpu_training() if zerogpu.enabled() else TrainingJob
+        training = TrainSettings(max_minutes=args.max_train_minutes, job=job)
     demo = build_demo(engine, folder, training)
     share = args.share and share_service_reachable()
     if args.share and not share:

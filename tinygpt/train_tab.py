@@ -12,6 +12,7 @@ import html
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import gradio as gr
 import huggingface_hub
@@ -51,6 +52,7 @@ class TrainSettings:
     max_minutes: float = MAX_MINUTES
     recipe: Callable[[float], GPTConfig] = page_recipe
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    job: Callable[[GPTConfig, Path, Path], TrainingJob] = TrainingJob  # where a run happens (tinygpt.zerogpu)
 
 
 def clock(seconds: float) -> str:
@@ -95,7 +97,7 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
             return progress_html(fraction, line), curve, latest_sample, val_loss, download
 
         yield update()
-        job = TrainingJob(config, data, folder)
+        job = settings.job(config, data, folder)
         models.jobs[session] = job
         try:
             for event in job.events():
