@@ -12,9 +12,11 @@ import time
 STARTED = time.perf_counter()  # cold start is measured from here: before the heavy imports
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -25,21 +27,11 @@ import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, WeightsError, load_model, resolve  # noqa: E402
+from tinygpt.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
+from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # noqa: E402
 from tinygpt.cpus import usable_cpus  # noqa: E402
-from tinygpt.data import DEFAULT_DATA  # noqa: E402
-from tinygpt.draft import NGramDraft  # noqa: E402
-from tinygpt.fused import FusedGPT  # noqa: E402
-from tinygpt.generate import (  # noqa: E402
-    MAX_NEW_TOKENS,
-    MAX_SEED,
-    MAX_TEMPERATURE,
-    PRECISIONS,
-    InputError,
-    complete,
-    for_inference,
-    speculates,
-)
+from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
+from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
 from tinygpt.train_tab import TrainSettings, build_train_tab  # noqa: E402
@@ -69,36 +61,34 @@ class Trace:
         self.probs.append(probs)
 
 
-def make_run(model: GPT, draft: NGramDraft | None = None) -> Callable[..., Iterator[tuple[str, Trace]]]:
+def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
     """Generation shared by the page and the API: yields (text so far, trace) about every 50 ms.
 
-    With a draft, generation is speculative: the same distribution, fewer forward passes.
+    Every run joins the engine's batch; closing the iterator (Stop, a closed tab) frees its place.
     """
-    tokenizer = CharTokenizer(model.config.vocab)
+    tokenizer = CharTokenizer(engine.decoder.config.vocab)
 
     def run(prompt, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[tuple[str, Trace]]:
         try:
-            text, steps = complete(
-                model, tokenizer, prompt, max_new_tokens, temperature, seed, top_k, top_p, draft=draft
-            )
+            text, sequences = start(tokenizer, prompt, max_new_tokens, temperature, seed, top_k, top_p)
         except InputError as err:  # shown to the person (or API client) as a message, not a stack trace
             raise gr.Error(str(err), print_exception=False) from None
         trace = Trace(text, tokenizer.vocab)
-        last_sent = time.perf_counter()
-        for step in steps:
-            text += step.chars[0]
-            trace.add(step.chars[0], step.probs[0])
-            if time.perf_counter() - last_sent >= STREAM_INTERVAL_S:
-                last_sent = time.perf_counter()
+        # Closed with this generator (Gradio closes it on Stop or a closed tab): the engine then drops it.
+        with contextlib.closing(engine.generate(sequences[0], STREAM_INTERVAL_S)) as stream:
+            for tokens in stream:
+                for token in tokens:
+                    char = tokenizer.vocab[token.token]
+                    text += char
+                    trace.add(char, token.probs)
                 yield text, trace
-        yield text, trace
 
     return run
 
 
-def make_generate(model: GPT, draft: NGramDraft | None = None) -> Callable[..., Iterator[str]]:
+def make_generate(engine: Engine) -> Callable[..., Iterator[str]]:
     """The /generate API: the same generation, text only."""
-    run = make_run(model, draft)
+    run = make_run(engine)
 
     def generate(
         prompt: str,
@@ -150,11 +140,10 @@ def model_card_text(folder: Path) -> str:
     return text
 
 
-def build_demo(
-    model: GPT, folder: Path | None = None, draft: NGramDraft | None = None, training: TrainSettings | None = None
-) -> gr.Blocks:
+def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettings | None = None) -> gr.Blocks:
     """The page: Write, Train (with `training`; tinygpt.train_tab) and Model."""
-    run = make_run(model, draft)
+    run = make_run(engine)
+    model = engine.decoder.backend.model
     n_params = model.num_params() / 1e6
 
     def write(prompt, max_new_tokens, temperature, top_k, top_p, seed, random_seed):
@@ -223,20 +212,20 @@ def build_demo(
             )
             with gr.Accordion("Configuration (config.json)", open=False):
                 gr.JSON({k: v for k, v in vars(model.config).items() if k != "vocab"})
-        # Generation runs one at a time (concurrency group "model"): the model's KV cache is a single
-        # buffer, and one generation already keeps the CPU busy. Others wait in the bounded queue.
+        # Up to max_batch generations run at once (concurrency group "model"), decoded together by
+        # the engine; the others wait in Gradio's bounded queue.
         event = button.click(
             write,
             inputs=[prompt, max_new_tokens, temperature, top_k, top_p, seed, random_seed],
             outputs=[output, seed, trace],
-            concurrency_limit=1,
+            concurrency_limit=engine.max_batch,
             concurrency_id="model",
             api_visibility="private",
         )
         event.then(inside_view, inputs=trace, outputs=[confidence, candidates], api_visibility="private")
         stop.click(None, cancels=[event])
         confidence.select(candidates_at, inputs=trace, outputs=candidates, api_visibility="private")
-        gr.api(make_generate(model, draft), api_name="generate", concurrency_limit=1, concurrency_id="model")
+        gr.api(make_generate(engine), api_name="generate", concurrency_limit=engine.max_batch, concurrency_id="model")
     return demo
 
 
@@ -265,6 +254,19 @@ def resident_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def switch_to_cpp(engine: Engine, model: GPT) -> None:
+    """Build the C++ decode step (or find it built) and decode with it from then on; log either way."""
+    started = time.perf_counter()
+    print("building the C++ decode step in the background ...", flush=True)
+    with contextlib.suppress(AttributeError, OSError):  # Linux: this thread and the compiler it starts
+        os.setpriority(os.PRIO_PROCESS, 0, 10)  # yield the CPU to the page while they work
+    if extension() is None:  # it printed why
+        print("staying on PyTorch float32", flush=True)
+        return
+    engine.use(CppBackend(model))
+    print(f"switched to the C++ decode step (ready after {time.perf_counter() - started:.1f} s)", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Hugging Face Spaces (and Docker setups) pass the address through Gradio's own variables.
@@ -277,15 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     model_name = os.environ.get("TINYGPT_MODEL", str(WEIGHTS_DIR))
     parser.add_argument("--model", default=model_name, help="weights folder, or USER/NAME of a Hugging Face Hub repo")
     parser.add_argument("--weights", dest="model", help=argparse.SUPPRESS)  # the old name of --model
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="float32 (with --fused, the fastest), or int8 weights: ~2x faster than float32 "
-                        "without --fused, same validation loss to 4 decimals")  # fmt: skip
-    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                        help="float32: each decoding step is one C++ call (built on first start, ~40 s)")  # fmt: skip
-    parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=None,
-                        help="draft characters from the corpus's n-grams and check several per forward pass: the "
-                        "same text distribution, ~2.2 characters per pass; 1.3-1.7x faster on PyTorch, ~1%% with "
-                        "--fused (default: on without --fused)")  # fmt: skip
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how forward passes run: auto (the C++ "
+                        "step once it is built, PyTorch float32 until then), torch (float32), int8 (int8 weights), "
+                        "cpp (the C++ step, float32; built in the background after the page is up)")  # fmt: skip
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help="generations decoded together (1: one at a time); others wait in the queue")  # fmt: skip
     # A public Space can turn the Train tab off with a variable: TINYGPT_NO_TRAIN=1.
     no_train = os.environ.get("TINYGPT_NO_TRAIN", "") not in ("", "0")
     parser.add_argument("--no-train", action="store_true", default=no_train,
@@ -293,34 +291,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-train-minutes", type=float, default=TrainSettings.max_minutes,
                         help="the Train tab's longest training, in minutes (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.max_batch < 1:
+        parser.error(f"--max-batch must be at least 1, not {args.max_batch}")
     if args.max_train_minutes < TrainSettings.min_minutes:
         parser.error(f"--max-train-minutes must be at least {TrainSettings.min_minutes}")
     torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
+    # The C++ step takes ~40 s to compile on a fresh machine: serve with PyTorch meanwhile.
+    compile_later = args.backend in ("auto", "cpp")
     try:
         folder = resolve(args.model)
-        model = for_inference(load_model(folder), args.precision, args.fused)
-    except WeightsError as err:  # missing, corrupt or inconsistent files, or the Hub out of reach
+        model = load_model(folder)
+        backend = TorchBackend(model) if compile_later else load_backend(model, args.backend)
+    except ValueError as err:  # missing, corrupt or inconsistent files, the Hub out of reach, int8 on this shape
         print(f"error: {err}", file=sys.stderr)
         return 2
-    tokenizer = CharTokenizer(model.config.vocab)
-    draft = NGramDraft.from_corpus(DEFAULT_DATA, tokenizer) if speculates(model, args.speculative) else None
+    engine = Engine(backend, args.max_batch)
     training = None if args.no_train else TrainSettings(max_minutes=args.max_train_minutes)
-    demo = build_demo(model, folder, draft, training)
+    demo = build_demo(engine, folder, training)
     share = args.share and share_service_reachable()
     if args.share and not share:
         print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
               file=sys.stderr)  # fmt: skip
     demo.queue(max_size=QUEUE_SIZE)
-    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME, prevent_thread_lock=True,
+    # Every running generation holds a worker thread while it waits for its next characters.
+    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
+                max_threads=max(40, 2 * args.max_batch + 8), prevent_thread_lock=True,
                 max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
     print(
-        f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, {args.precision}"
-        f"{' (fused C++ decode step)' if isinstance(model, FusedGPT) else ''}, "
-        f"{'speculative' if draft else 'one pass per character'}; "
+        f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, decoding with {engine.backend.name}"
+        f"{' until the C++ step is built' if compile_later else ''}, up to {args.max_batch} generations at once; "
         f"cold start {time.perf_counter() - STARTED:.1f} s (process start to page served), "
         f"resident memory {resident_memory_mb():.0f} MB",
         flush=True,
     )
+    if compile_later:
+        threading.Thread(target=switch_to_cpp, args=(engine, model), daemon=True).start()
     demo.block_thread()
     return 0
 

@@ -1,19 +1,21 @@
 """Generation speed, side by side in one process: the seed's generate, ours, and Hugging Face transformers.
 
     pip install -r requirements-bench.txt
-    python benchmarks/generate.py            # shipped weights, batch 1, 2 threads
+    python benchmarks/generate.py            # shipped weights, 2 threads
 
-Batch 1, a 100-character prompt and 1000 new characters (so generation runs past the 256-character
-window), temperature 0.8, 2 CPU threads:
+Single stream: a 100-character prompt and 1000 new characters (so generation runs past the
+256-character window), temperature 0.8:
   (a) naive         the seed's generate: the whole cropped context through the model per character
-  (b) ours          tinygpt.generate.stream: prefill + KV-cached decode, at each inference precision
-                    and with the C++ decode step ("fused", tinygpt.fused), and stream_speculative:
-                    drafts from the training split's n-grams, several checked per forward pass
+  (b) ours          the decode loop (tinygpt.generate) alone, on each backend (tinygpt.backends);
+                    and the page's path: one request through the batching engine (tinygpt.engine)
+                    on the default backend, which should cost the same as the loop alone
   (c) transformers  GPT2LMHeadModel.generate(use_cache=True) with the same dimensions and ReLU, our
                     weights copied in where they map. GPT-2 cannot run past its position table, so its
                     table is extended to 1100 positions (the extra rows are random: speed only).
-Also: time to the first character after a 200-character prompt, and the achieved GFLOP/s.
-The last line is one JSON object.
+Also: time to the first character after a 200-character prompt; batches on the default backend: B
+sequences of 200 new characters decoded together (aggregate characters/s); and the ceiling, the
+machine's float32 matmul GFLOP/s over the ~2 x parameters FLOPs a character costs. Progress goes to
+stderr; the last line on stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -22,18 +24,17 @@ import argparse
 import json
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tinygpt.backends import extension, load_backend
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
 from tinygpt.data import DEFAULT_DATA, load_text
-from tinygpt.draft import NGramDraft
-from tinygpt.fused import extension
-from tinygpt.generate import PRECISIONS, for_inference, stream, stream_speculative
+from tinygpt.engine import DEFAULT_MAX_BATCH, Engine
+from tinygpt.generate import Sequence, decode
 from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
 
@@ -45,17 +46,32 @@ def flops_per_char(model: GPT, context: float) -> float:
     return 2 * matrices + 2 * 2 * c.n_layer * c.n_embd * context
 
 
-def count_passes(model: GPT) -> list[int]:
-    """A counter of the model's forward passes from now on (prefills included)."""
-    passes = [0]
-    model.register_forward_hook(lambda *_: passes.__setitem__(0, passes[0] + 1))
-    return passes
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """The machine's float32 matmul speed: the best of `repeats` (size x size) @ (size x size)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = min(seconds(lambda: a @ b) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
 
 
 def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
+
+
+def sequences(prompt: list[int], n: int, count: int = 1) -> list[Sequence]:
+    return [Sequence(list(prompt), n, 0.8, generator=torch.Generator().manual_seed(i)) for i in range(count)]
+
+
+def run_alone(backend, prompt: list[int], n: int, count: int = 1) -> None:
+    for _ in decode(backend, sequences(prompt, n, count)):
+        pass
+
+
+def run_engine(engine: Engine, prompt: list[int], n: int) -> None:
+    for _ in engine.generate(sequences(prompt, n)[0]):
+        pass
 
 
 def transformers_twin(model: GPT, n_positions: int):
@@ -94,87 +110,84 @@ def main() -> None:
     parser.add_argument("--weights", default=str(WEIGHTS_DIR))
     parser.add_argument("--tokens", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 16, 32, 64],
+                        help="batch sizes to time on the default backend")  # fmt: skip
     parser.add_argument("--skip-naive", action="store_true", help="leave out (a), the slow one")
-    parser.add_argument("--profile", action="store_true", help="also print torch.profiler's table for 200 int8 steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
     results: dict = {"threads": args.threads, "new_chars": args.tokens, "prompt_chars": 100}
 
     model = load_model(args.weights)
     tokenizer = CharTokenizer(model.config.vocab)
     text = load_text(DEFAULT_DATA)
-    prompt = torch.tensor([tokenizer.encode(text[-1000:-900])])  # from the validation split
-    long_prompt = torch.tensor([tokenizer.encode(text[-600:-400])])
-    sampling = dict(temperature=0.8, generator=torch.Generator().manual_seed(0))
+    prompt = tokenizer.encode(text[-1000:-900])  # from the validation split
+    long_prompt = tokenizer.encode(text[-600:-400])
     n = args.tokens
-    # Past the window the context holds 128-256 characters in "fast" mode; 256 for the others.
-    mean_context = {"fast": 0.75 * model.config.block_size, "full": model.config.block_size}
+    # Past the window the context holds 128-256 characters; 192 on average.
+    per_char = flops_per_char(model, 0.75 * model.config.block_size)
+    results["gflop_per_char"] = round(per_char / 1e9, 5)
+    results["matmul_gflops_per_s"] = round(matmul_gflops(), 1)
+    results["ceiling_chars_per_s"] = round(results["matmul_gflops_per_s"] * 1e9 / per_char)
 
     if not args.skip_naive:
-        naive_s = seconds(lambda: model.generate(prompt, n, **sampling))
+        print("(a) the seed's generate ...", file=sys.stderr)
+        idx = torch.tensor([prompt])
+        naive_s = seconds(lambda: model.generate(idx, n, 0.8, generator=torch.Generator().manual_seed(0)))
         results["naive_chars_per_s"] = round(n / naive_s, 1)
 
-    started = time.perf_counter()
-    draft = NGramDraft.from_corpus(DEFAULT_DATA, tokenizer)
-    results["draft_build_s"] = round(time.perf_counter() - started, 2)
-    variants = {}
-    kinds = [(precision, False) for precision in PRECISIONS]
-    if extension() is not None:  # the C++ decode step (tinygpt.fused), float32
-        kinds.append(("float32", True))
-    for precision, fused in kinds:
-        name = "fused" if fused else precision
-        variants[name] = (precision, fused, stream)
-        variants[f"{name}+speculative"] = (precision, fused, partial(stream_speculative, draft=draft))
-    for name, (precision, fused, decode) in variants.items():
-        fast = for_inference(load_model(args.weights), precision, fused)
-        for _ in decode(fast, prompt, 20, **sampling):  # warm up
-            pass
-        passes = count_passes(fast)
-        ours_s = seconds(lambda fast=fast, decode=decode: [*decode(fast, prompt, n, **sampling)])
-        n_passes = passes[0]
-        first_ms = []
-        for _ in range(5):
-            first = partial(decode, fast, long_prompt, 1, **sampling)
-            first_ms.append(1000 * seconds(lambda first=first: next(first())))
+    names = ["torch", "int8"] + (["cpp"] if extension() is not None else [])
+    page = load_backend(load_model(args.weights), "auto")
+    for name in names:
+        print(f"(b) {name} ...", file=sys.stderr)
+        backend = load_backend(load_model(args.weights), name)
+        run_alone(backend, prompt, 20)  # warm up
+        alone_s = seconds(lambda backend=backend: run_alone(backend, prompt, n))
+        first_ms = sorted(1000 * seconds(lambda backend=backend: run_alone(backend, long_prompt, 1)) for _ in range(5))
         results[name] = {
-            "chars_per_s": round(n / ours_s, 1),
-            "chars_per_pass": round(n / n_passes, 2),
-            "first_char_ms": round(sorted(first_ms)[2], 1),  # median of 5
-            # Useful arithmetic only: a rejected draft's position is work, but not counted here.
-            "gflops_per_s": round(n / ours_s * flops_per_char(model, mean_context["fast"]) / 1e9, 2),
+            "chars_per_s": round(n / alone_s, 1),
+            "first_char_ms": round(first_ms[2], 1),  # median of 5
+            "gflops_per_s": round(n / alone_s * per_char / 1e9, 2),
         }
+    batched = {}
+    for size in args.batches:
+        print(f"batch of {size} on {page.name} ...", file=sys.stderr)
+        batch_s = seconds(lambda size=size: run_alone(page, prompt, 200, size))
+        batched[str(size)] = round(size * 200 / batch_s, 1)
+    results[page.name]["batched_chars_per_s"] = batched
+    results[page.name]["batched_gflops_per_s"] = {k: round(v * per_char / 1e9, 2) for k, v in batched.items()}
+
+    # The page's path: the engine's thread, one request at a time, on the default backend.
+    print("the engine ...", file=sys.stderr)
+    engine = Engine(page, DEFAULT_MAX_BATCH)
+    run_engine(engine, prompt, 20)  # warm up
+    alone_s, engine_s = [], []
+    for _ in range(3):  # interleaved, best of 3: the machine's other work falls on both alike
+        alone_s.append(seconds(lambda: run_alone(page, prompt, n)))
+        engine_s.append(seconds(lambda: run_engine(engine, prompt, n)))
+    alone_s, engine_s = min(alone_s), min(engine_s)
+    results["engine"] = {
+        "backend": page.name,
+        "chars_per_s": round(n / engine_s, 1),
+        "unbatched_chars_per_s": round(n / alone_s, 1),
+        "ratio_to_unbatched": round(alone_s / engine_s, 3),
+    }
 
     try:
-        twin = transformers_twin(model, n_positions=prompt.size(1) + n)
+        twin = transformers_twin(model, n_positions=len(prompt) + n)
     except ImportError:
         twin = None
         print("transformers is not installed (pip install -r requirements-bench.txt): skipping (c)", file=sys.stderr)
     if twin is not None:
-        with torch.inference_mode():
-            options = dict(max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.8, top_k=0,
-                           use_cache=True, pad_token_id=0)  # fmt: skip
-            twin.generate(prompt, **{**options, "max_new_tokens": 20, "min_new_tokens": 20})  # warm up
-            twin_s = seconds(lambda: twin.generate(prompt, **options))
-        results["transformers_chars_per_s"] = round(n / twin_s, 1)
+        idx = torch.tensor([prompt])
+        options = dict(max_new_tokens=n, min_new_tokens=n, do_sample=True, temperature=0.8, top_k=0, use_cache=True,
+                       pad_token_id=0)  # fmt: skip
+        twin.generate(idx, **{**options, "max_new_tokens": 20, "min_new_tokens": 20})  # warm up
+        results["transformers_chars_per_s"] = round(n / seconds(lambda: twin.generate(idx, **options)), 1)
 
-    if args.profile:
-        from torch.profiler import profile
-
-        fast = for_inference(load_model(args.weights), "int8")
-        with profile() as prof:
-            for _ in stream(fast, prompt, 200, **sampling):
-                pass
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), file=sys.stderr)
-
-    # The headline is what the page runs by default: the C++ step where it builds, else PyTorch
-    # float32 with speculation (app.py's defaults).
-    page = "fused" if "fused" in variants else "float32+speculative"
-    summary = {
-        "chars_per_s": results[page]["chars_per_s"],
-        "decoding": page,
-        "first_char_ms": results[page]["first_char_ms"],
-        "gflops_per_s": results[page]["gflops_per_s"],
-    }
+    # The headline is what the page runs for one person: the default backend, through the engine.
+    summary = {"chars_per_s": results["engine"]["chars_per_s"], "backend": page.name,
+               "first_char_ms": results[page.name]["first_char_ms"]}  # fmt: skip
     if "naive_chars_per_s" in results:
         summary["speedup_vs_naive"] = round(summary["chars_per_s"] / results["naive_chars_per_s"], 1)
     if "transformers_chars_per_s" in results:

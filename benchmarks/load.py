@@ -1,17 +1,23 @@
-"""Load: many API clients at once against a real `python app.py`.
+"""Load: many API clients at once against a real `python app.py`, batching on and off, side by side.
 
     python benchmarks/load.py                      # shipped weights, 32 clients x 4 requests x 200 characters
-    python benchmarks/load.py --queue-overflow     # then more requests at once than the queue holds
+    python benchmarks/load.py --queue-overflow     # then more requests at once than the page takes in
 
-Starts app.py on a free port, then runs N threads, each with its own gradio_client.Client, each
-sending M requests one after another (all threads start together). Every answer is checked: the
-prompt followed by exactly --chars characters of the model's alphabet. The server runs one
-generation at a time (concurrency_id "model"), so latency under load is mostly time in the queue.
+Starts app.py on a free port as shipped (the batching engine, default --max-batch), waits until it
+decodes with its final backend (the C++ step once built), and runs N threads, each with its own
+HTTP connection, each sending M requests one after another (all threads start together) to Gradio's
+HTTP API for /generate and reading the stream of updates (lighter than gradio_client, whose
+per-update work would take a core from the server on this 2-core machine).
+Every answer is checked: the prompt followed by exactly --chars characters of the model's alphabet.
+Then the same against app.py --max-batch 1 (one generation at a time, as before batching). For
+each: completed, errors, latency p50/p95/max, first-character latency p95 and aggregate
+characters/s; then the ratios, and the ceiling: the machine's float32 matmul GFLOP/s (measured
+here) over the ~2 x parameters FLOPs a character costs.
 
---queue-overflow adds a second phase: QUEUE_SIZE + 32 requests at the same instant. The queue holds
-QUEUE_SIZE waiting requests; the rest must get gradio's "Queue is full" error at once, not hang, and
-the accepted ones must still complete well-formed. Afterwards one more request checks the server is
-still healthy. The last line is one JSON object; the exit status is 1 if any check failed.
+--queue-overflow adds a phase against the shipped page: max-batch + QUEUE_SIZE + 32 requests at the
+same instant. The page runs max-batch and queues QUEUE_SIZE; the rest must get gradio's "Queue is
+full" error at once, not hang, and the accepted ones must still complete well-formed. The last line
+is one JSON object; the exit status is 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -31,11 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # offline: no calls home from the clients
 
-from gradio_client import Client  # noqa: E402
+import httpx  # noqa: E402
+import torch  # noqa: E402
 
 from tinygpt.checkpoint import CONFIG_FILE, WEIGHTS_DIR, read_config, resolve  # noqa: E402
+from tinygpt.engine import DEFAULT_MAX_BATCH  # noqa: E402
 
-QUEUE_SIZE = 64  # app.py's QUEUE_SIZE (not imported: that would load gradio's server side and torch)
+QUEUE_SIZE = 64  # app.py's QUEUE_SIZE (not imported: that would load gradio's server side)
 PROMPTS = ["ROMEO:\n", "To be, or not to be", "First Citizen:\n", "KING HENRY:\nNow, lords,", "O Romeo, Romeo!"]
 READY_TIMEOUT_S = 180
 
@@ -46,19 +54,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, log: Path) -> tuple[subprocess.Popen, str, str]:
+def start_server(model: str, max_batch: int, log: Path) -> tuple[subprocess.Popen, str, list[str]]:
     """app.py on a free port, its output in `log` (a file: an unread pipe would fill up and block it).
-    Returns (process, URL, its "ready: ..." line)."""
+    Returns (process, URL, its start-up lines) once it decodes with its final backend."""
     port = free_port()
-    command = [sys.executable, "app.py", "--port", str(port), "--model", model]
+    command = [sys.executable, "app.py", "--port", str(port), "--model", model, "--max-batch", str(max_batch)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + READY_TIMEOUT_S
+    settled = ("ready:", "switched to", "staying on")
     while time.monotonic() < deadline:
-        ready = [line for line in log.read_text().splitlines() if line.startswith("ready:")]
-        if ready:
-            return process, f"http://127.0.0.1:{port}/", ready[0]
+        lines = [line for line in log.read_text().splitlines() if line.startswith(settled)]
+        if any(line.startswith(settled[1:]) for line in lines):
+            return process, f"http://127.0.0.1:{port}/", lines
         if process.poll() is not None:
             raise RuntimeError(f"app.py exited with status {process.returncode}:\n{log.read_text()[-3000:]}")
         time.sleep(0.25)
@@ -103,12 +112,15 @@ class Results:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.latencies: list[float] = []  # completed, well-formed answers
+        self.first_chars: list[float] = []  # seconds to the first streamed character
         self.malformed: list[str] = []
         self.errors: list[tuple[float, str]] = []  # (seconds to the error, message)
 
-    def ok(self, seconds: float) -> None:
+    def ok(self, seconds: float, first_char: float | None) -> None:
         with self.lock:
             self.latencies.append(seconds)
+            if first_char is not None:
+                self.first_chars.append(first_char)
 
     def bad(self, text: str) -> None:
         with self.lock:
@@ -128,29 +140,50 @@ def well_formed(text: object, prompt: str, chars: int, vocab: str) -> bool:
     )
 
 
-def one_request(client: Client, prompt: str, chars: int, seed: int, vocab: str, results: Results, timeout: float):
+def one_request(
+    http: httpx.Client, url: str, prompt: str, chars: int, seed: int, vocab: str, results: Results, timeout: float
+) -> None:
+    """One /generate call through Gradio's HTTP API, reading its stream of server-sent events."""
     start = time.perf_counter()
+    first_char, text = None, None
     try:
-        text = client.submit(prompt, chars, 0.8, 0, 1.0, seed, api_name="/generate").result(timeout=timeout)
+        posted = http.post(f"{url}gradio_api/call/generate", json={"data": [prompt, chars, 0.8, 0, 1.0, seed]})
+        if posted.status_code != 200:
+            raise RuntimeError(f"HTTP {posted.status_code}: {posted.text[:200]}")
+        with http.stream("GET", f"{url}gradio_api/call/generate/{posted.json()['event_id']}") as stream:
+            event = None
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line[len("event: ") :]
+                elif line.startswith("data: ") and event == "error":
+                    raise RuntimeError(line[len("data: ") :][:200])
+                elif line.startswith("data: ") and event in ("generating", "complete"):
+                    text = json.loads(line[len("data: ") :])[0]
+                    if first_char is None and len(text) > len(prompt):
+                        first_char = time.perf_counter() - start
+                    if event == "complete":
+                        break
     except Exception as err:  # a timeout (a hang) counts too
         results.error(time.perf_counter() - start, f"{type(err).__name__}: {err}")
         return
     if well_formed(text, prompt, chars, vocab):
-        results.ok(time.perf_counter() - start)
+        results.ok(time.perf_counter() - start, first_char)
     else:
         results.bad(repr(text)[:200])
 
 
 def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, timeout: float) -> tuple[Results, float]:
-    """`clients` threads, each with its own Client, all starting together; returns the results and wall time."""
-    connected = [Client(url, verbose=False, analytics_enabled=False) for _ in range(clients)]  # not timed
+    """`clients` threads, each with its own HTTP connection, all starting together; returns the results
+    and wall time."""
+    connected = [httpx.Client(timeout=timeout) for _ in range(clients)]
     start_line = threading.Barrier(clients + 1)
     results = Results()
 
     def worker(i: int) -> None:
         start_line.wait()
         for j in range(requests):
-            one_request(connected[i], PROMPTS[(i + j) % len(PROMPTS)], chars, 1000 * i + j, vocab, results, timeout)
+            prompt = PROMPTS[(i + j) % len(PROMPTS)]
+            one_request(connected[i], url, prompt, chars, 1000 * i + j, vocab, results, timeout)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -159,7 +192,10 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
     start = time.perf_counter()
     for thread in threads:
         thread.join()
-    return results, time.perf_counter() - start
+    wall_s = time.perf_counter() - start
+    for http in connected:
+        http.close()
+    return results, wall_s
 
 
 def summary(results: Results, wall_s: float, chars: int) -> dict:
@@ -170,10 +206,67 @@ def summary(results: Results, wall_s: float, chars: int) -> dict:
         "malformed": len(results.malformed),
         "error_messages": sorted({message for _, message in results.errors})[:5],
         "latency_s": {q: percentile(results.latencies, p) for q, p in [("p50", 50), ("p95", 95), ("max", 100)]},
+        "first_char_p95_s": percentile(results.first_chars, 95),
         "wall_s": round(wall_s, 2),
-        "throughput_requests_per_s": round(done / wall_s, 3),
-        "throughput_chars_per_s": round(done * chars / wall_s, 1),
+        "chars_per_s": round(done * chars / wall_s, 1),
     }
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """The machine's float32 matmul speed (torch, all threads): the best of `repeats` square matmuls."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_char(model: str) -> float:
+    """~2 x the weights of every matrix: one multiply-add each per new character (attention aside)."""
+    c = read_config(resolve(model) / CONFIG_FILE)
+    matrices = c.n_layer * 12 * c.n_embd**2 + c.n_embd * len(c.vocab)
+    return 2 * matrices
+
+
+def measure(args: argparse.Namespace, max_batch: int, vocab: str, overflow: bool) -> dict:
+    """Start app.py with `max_batch`, warm it up, run the load (and the overflow phase); stop it."""
+    log = Path(tempfile.mkstemp(prefix=f"tinygpt-load-batch{max_batch}-", suffix=".log")[1])
+    process, url, lines = start_server(args.model, max_batch, log)
+    report: dict = {"max_batch": max_batch, "server_log": lines, "log": str(log)}
+    try:
+        report["rss_mb_idle"] = resident_mb(process.pid)
+        run_phase(url, 1, 1, args.chars, vocab, args.timeout)  # warm up
+        print(f"max-batch {max_batch}: {args.clients} x {args.requests} x {args.chars} chars ...", file=sys.stderr)
+        results, wall_s = run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout)
+        report |= summary(results, wall_s, args.chars)
+        report["rss_mb_after"] = resident_mb(process.pid)
+        report["passed"] = not results.errors and not results.malformed
+        if overflow:
+            burst = max_batch + QUEUE_SIZE + 32
+            print(f"overflow: {burst} requests at once x {args.overflow_chars} chars ...", file=sys.stderr)
+            results, wall_s = run_phase(url, burst, 1, args.overflow_chars, vocab, args.timeout)
+            full = [s for s, message in results.errors if "Queue is full" in message]
+            other = [message for _, message in results.errors if "Queue is full" not in message]
+            report["overflow"] = {
+                "sent_at_once": burst,
+                "queue_full_errors": len(full),
+                "max_s_to_queue_full_error": round(max(full), 3) if full else None,
+                "other_errors": len(other),
+                "other_error_messages": sorted(set(other))[:5],
+                "completed_well_formed": len(results.latencies),
+                "malformed": len(results.malformed),
+                "wall_s": round(wall_s, 2),
+            }
+            report["passed"] = report["passed"] and bool(full) and not other and not results.malformed
+            after, _ = run_phase(url, 1, 1, args.chars, vocab, args.timeout)
+            report["healthy_after_overflow"] = bool(after.latencies)
+            report["passed"] = report["passed"] and report["healthy_after_overflow"]
+    finally:
+        stop_server(process)
+    return report
 
 
 def main() -> int:
@@ -182,58 +275,30 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=4, help="requests per client, one after another")
     parser.add_argument("--chars", type=int, default=200, help="characters to generate per request")
     parser.add_argument("--model", default=str(WEIGHTS_DIR), help="weights folder (or Hub name) for app.py")
-    parser.add_argument("--queue-overflow", action="store_true", help=f"then send QUEUE_SIZE ({QUEUE_SIZE}) + 32 "
-                        "requests at once and check the extra ones are refused quickly")  # fmt: skip
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="the shipped page's --max-batch")
+    parser.add_argument("--queue-overflow", action="store_true", help="then send max-batch + QUEUE_SIZE "
+                        f"({QUEUE_SIZE}) + 32 requests at once; the extra ones must be refused quickly")  # fmt: skip
     parser.add_argument("--overflow-chars", type=int, default=50, help="characters per request in that phase")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a request counts as hung")
     args = parser.parse_args()
 
     vocab = read_config(resolve(args.model) / CONFIG_FILE).vocab
-    log = Path(tempfile.mkstemp(prefix="tinygpt-load-", suffix=".log")[1])
-    # The load average shows what else was using the CPUs (e.g. a training run) while this ran.
+    # The load average shows what else was using the CPUs (other work slows both sides alike).
     report: dict = {"model": args.model, "cpu_count": os.cpu_count(), "load_average_before": load_average()}
-    process, url, ready = start_server(args.model, log)
-    try:
-        report["server"] = {"ready_line": ready, "log": str(log), "rss_mb_idle": resident_mb(process.pid)}
-        solo, solo_s = run_phase(url, 1, 1, args.chars, vocab, args.timeout)  # also warms the server up
-        report["solo_latency_s"] = round(solo_s, 3) if solo.latencies else None
-
-        print(f"load: {args.clients} clients x {args.requests} requests x {args.chars} chars ...", file=sys.stderr)
-        results, wall_s = run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout)
-        report["load"] = {"clients": args.clients, "requests_per_client": args.requests, "chars": args.chars}
-        report["load"] |= summary(results, wall_s, args.chars)
-        passed = not results.errors and not results.malformed
-
-        if args.queue_overflow:
-            burst = QUEUE_SIZE + 32
-            print(f"overflow: {burst} requests at once x {args.overflow_chars} chars ...", file=sys.stderr)
-            results, wall_s = run_phase(url, burst, 1, args.overflow_chars, vocab, args.timeout)
-            full = [s for s, message in results.errors if "Queue is full" in message]
-            other = [message for _, message in results.errors if "Queue is full" not in message]
-            report["overflow"] = {
-                "sent_at_once": burst,
-                "queue_size": QUEUE_SIZE,
-                "chars": args.overflow_chars,
-                "queue_full_errors": len(full),
-                "max_s_to_queue_full_error": round(max(full), 3) if full else None,
-                "other_errors": len(other),
-                "other_error_messages": sorted(set(other))[:5],
-                "completed_well_formed": len(results.latencies),
-                "malformed": len(results.malformed),
-                "max_latency_s": percentile(results.latencies, 100),
-                "wall_s": round(wall_s, 2),
-            }
-            passed = passed and bool(full) and not other and not results.malformed
-
-        after, _ = run_phase(url, 1, 1, args.chars, vocab, args.timeout)
-        report["healthy_after"] = bool(after.latencies)
-        report["server"]["rss_mb_after"] = resident_mb(process.pid)
-        report["load_average_after"] = load_average()
-        report["passed"] = passed and report["healthy_after"]
-    finally:
-        stop_server(process)
+    report["load"] = {"clients": args.clients, "requests_per_client": args.requests, "chars": args.chars}
+    report["matmul_gflops_per_s"] = round(matmul_gflops(), 1)
+    report["ceiling_chars_per_s"] = round(report["matmul_gflops_per_s"] * 1e9 / flops_per_char(args.model))
+    batched = measure(args, args.max_batch, vocab, args.queue_overflow)
+    unbatched = measure(args, 1, vocab, overflow=False)
+    report["batched"], report["batching_off"] = batched, unbatched
+    report["throughput_ratio"] = round(batched["chars_per_s"] / max(unbatched["chars_per_s"], 1e-9), 2)
+    if batched["latency_s"]["p95"] and unbatched["latency_s"]["p95"]:
+        report["p95_latency_ratio"] = round(batched["latency_s"]["p95"] / unbatched["latency_s"]["p95"], 3)
+    report["fraction_of_ceiling"] = round(batched["chars_per_s"] / report["ceiling_chars_per_s"], 3)
+    report["load_average_after"] = load_average()
+    report["passed"] = batched["passed"] and unbatched["passed"]
     print(json.dumps(report))
-    return 0 if report.get("passed") else 1
+    return 0 if report["passed"] else 1
 
 
 if __name__ == "__main__":

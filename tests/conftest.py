@@ -14,7 +14,7 @@ import pytest
 import torch
 from huggingface_hub import RepoUrl
 
-from tinygpt import fused
+from tinygpt import backends
 from tinygpt.checkpoint import save_model
 from tinygpt.config import GPTConfig
 from tinygpt.data import DEFAULT_DATA, load_text
@@ -30,7 +30,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session", autouse=True)
 def cpp_decode_step() -> None:
     """Build the C++ decode step (if it can be) before any test starts app.py, which would build it."""
-    fused.extension()
+    backends.extension()
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +52,18 @@ def tiny_config(tokenizer: CharTokenizer) -> GPTConfig:
 def tiny_model(tiny_config: GPTConfig) -> GPT:
     torch.manual_seed(0)
     return GPT(tiny_config).eval()
+
+
+@pytest.fixture
+def sharp_model(tiny_config: GPTConfig) -> GPT:
+    """The tiny model with its weights scaled up: far from the near-uniform initial distribution, so
+    the sampled text depends on every logit, and a wrong computation changes it."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(4)
+    return model
 
 
 @pytest.fixture(scope="session")

@@ -3,26 +3,33 @@
 import http.server
 import socket
 import threading
+import time
 
 import gradio as gr
 import pytest
 from gradio_client import Client
 
 from app import build_demo, inside_view, make_generate, make_run, share_service_reachable
+from tinygpt.backends import TorchBackend, load_backend
 from tinygpt.checkpoint import load_model
-from tinygpt.generate import for_inference
+from tinygpt.engine import Engine
 
 
-def test_generate_streams_the_growing_text_and_ends_with_prompt_plus_n(tiny_model):
-    generate = make_generate(tiny_model)
+@pytest.fixture
+def engine(tiny_model) -> Engine:
+    return Engine(TorchBackend(tiny_model), max_batch=4)
+
+
+def test_generate_streams_the_growing_text_and_ends_with_prompt_plus_n(engine):
+    generate = make_generate(engine)
     updates = list(generate("ROMEO:", 400, 0.8, seed=1))
     assert updates[-1].startswith("ROMEO:") and len(updates[-1]) == len("ROMEO:") + 400
     assert all(updates[-1].startswith(u) for u in updates)  # each update extends the previous text
     assert list(generate("ROMEO:", 400, 0.8, seed=1))[-1] == updates[-1]
 
 
-def test_generate_accepts_the_floats_a_slider_sends(tiny_model):
-    assert len(list(make_generate(tiny_model)("", 12.0, 0.0, 3.0, 0.9))[-1]) == 12
+def test_generate_accepts_the_floats_a_slider_sends(engine):
+    assert len(list(make_generate(engine)("", 12.0, 0.0, 3.0, 0.9))[-1]) == 12
 
 
 @pytest.mark.parametrize(
@@ -36,14 +43,14 @@ def test_generate_accepts_the_floats_a_slider_sends(tiny_model):
         (("hi", 10, 0.8, 0, 1.0, 1.5), "seed must be a whole number"),
     ],
 )
-def test_bad_input_becomes_a_gradio_error(tiny_model, args, message):
+def test_bad_input_becomes_a_gradio_error(engine, args, message):
     with pytest.raises(gr.Error) as err:
-        list(make_generate(tiny_model)(*args))
+        list(make_generate(engine)(*args))
     assert message in str(err.value)
 
 
-def test_inside_view_colours_each_new_character_and_lists_candidates(tiny_model):
-    *_, (text, trace) = make_run(tiny_model)("ROMEO:", 30, 1.0, 0, 1.0, 2)
+def test_inside_view_colours_each_new_character_and_lists_candidates(engine):
+    *_, (text, trace) = make_run(engine)("ROMEO:", 30, 1.0, 0, 1.0, 2)
     spans, candidates = inside_view(trace)
     assert spans[0] == ("ROMEO:", None)
     assert "".join(s for s, _ in spans) == text
@@ -51,14 +58,14 @@ def test_inside_view_colours_each_new_character_and_lists_candidates(tiny_model)
     assert len(candidates) == 10 and sum(candidates.values()) <= 1.0001
     assert list(candidates.values()) == sorted(candidates.values(), reverse=True)
     # Greedy decoding always picks the top candidate, so the chart's first bar is the character written.
-    *_, (text, trace) = make_run(tiny_model)("ROMEO:", 5, 0, 0, 1.0, 2)
+    *_, (text, trace) = make_run(engine)("ROMEO:", 5, 0, 0, 1.0, 2)
     first = next(iter(inside_view(trace, 2)[1]))
     assert first == {"\n": "⏎", " ": "␣"}.get(text[6 + 2], text[6 + 2])
     assert inside_view(None) == ([], {})
 
 
-def test_build_demo_exposes_only_the_generate_api(tiny_model):
-    demo = build_demo(tiny_model)
+def test_build_demo_exposes_only_the_generate_api(engine):
+    demo = build_demo(engine)
     public = [dep.api_name for dep in demo.fns.values() if dep.api_visibility == "public"]
     assert public == ["generate"]
 
@@ -97,10 +104,10 @@ def test_api_takes_every_parameter_by_name_and_the_seed_reproduces(server, tiny_
     text = client.predict(**params, api_name="/generate")
     assert client.predict(**params, api_name="/generate") == text
     assert client.predict(**{**params, "seed": 12}, api_name="/generate") != text
-    # The server's answer is the library's answer for the same settings: the app serves float32 weights
-    # through the C++ decode step, one pass per character (speculation gains little there).
-    model = for_inference(load_model(tiny_weights), "float32", fused=True)
-    assert text == list(make_generate(model)(*params.values()))[-1]
+    # The server's answer is the library's answer for the same settings (float32, on PyTorch or the C++
+    # step: the same function).
+    engine = Engine(load_backend(load_model(tiny_weights)))
+    assert text == list(make_generate(engine)(*params.values()))[-1]
 
 
 @pytest.mark.slow
@@ -117,9 +124,22 @@ def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(server):
     assert len(client.predict("hi", 10, api_name="/generate")) == 12
 
 
-def test_the_stop_button_cancels_the_generate_event(tiny_model):
+def test_closing_a_run_frees_its_place_in_the_engine(engine):
+    """Stop and a closed tab: Gradio closes the generator; the engine must drop the generation."""
+    run = make_run(engine)("ROMEO:", 2000, 0.8, 0, 1.0, 1)
+    next(run)
+    assert len(engine.decoder.sequences) == 1
+    run.close()
+    for _ in range(200):  # the engine lets it go at its next step
+        if not engine.decoder.sequences:
+            break
+        time.sleep(0.01)
+    assert engine.decoder.sequences == []
+
+
+def test_the_stop_button_cancels_the_generate_event(engine):
     """Wiring only; tests/test_serving.py cancels a running generation through the server."""
-    demo = build_demo(tiny_model)
+    demo = build_demo(engine)
     write = next(i for i, dep in demo.fns.items() if dep.name == "write")
     stop = [dep for dep in demo.fns.values() if dep.cancels]
     assert len(stop) == 1 and stop[0].cancels == [write]

@@ -21,7 +21,8 @@ from tinygpt.checkpoint import (
     training_meta,
 )
 from tinygpt.config import GPTConfig
-from tinygpt.model import GPT, TinyGPT
+from tinygpt.hub import TinyGPT
+from tinygpt.model import GPT
 
 
 def same_logits(a: GPT, b: GPT) -> bool:
@@ -40,12 +41,14 @@ def test_save_load_round_trip_gives_identical_logits(tiny_model, tiny_config, tm
 
 
 def test_hugging_face_save_pretrained_and_from_pretrained(tiny_model, tiny_config, tmp_path):
-    tiny_model.save_pretrained(tmp_path)
+    model = TinyGPT(tiny_config)
+    model.load_state_dict(tiny_model.state_dict())
+    model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     # config.json is the flat GPTConfig, vocabulary included: what GPTConfig.load reads.
     assert GPTConfig.load(tmp_path / "config.json") == tiny_config
     loaded = TinyGPT.from_pretrained(tmp_path)
-    assert isinstance(loaded, GPT) and loaded.config == tiny_config and not loaded.training
+    assert isinstance(loaded, TinyGPT) and loaded.config == tiny_config and not loaded.training
     assert same_logits(tiny_model, loaded)
 
 
@@ -175,7 +178,7 @@ def test_each_fault_is_one_clear_error_naming_the_file(broken):
     assert message in str(err.value) and str(folder) in str(err.value)
     if "JSON" not in message and "should hold" not in message:  # the mixin parses config.json first
         with pytest.raises(WeightsError, match=re.escape(message)):
-            GPT.from_pretrained(folder)
+            TinyGPT.from_pretrained(folder)
 
 
 def test_a_missing_folder_or_a_file_for_a_folder_is_a_clear_error(tiny_weights, tmp_path):

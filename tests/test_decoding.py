@@ -1,47 +1,52 @@
-"""Cached decoding against the seed's recompute-everything generate, the window modes, and sampling."""
+"""The decode loop (tinygpt.generate) against the seed's recompute-everything generate, and sampling."""
 
-import pytest
 import torch
 
-from tinygpt.generate import decode_one, for_inference, prefill, stream
-from tinygpt.model import GPT
+from tinygpt.backends import TorchBackend
+from tinygpt.generate import Decoder, Sequence, decode, start
+from tinygpt.model import GPT, KVCache
 from tinygpt.sampling import filter_logits, sample_next
 
 # tiny_config has block_size 16, so 40 new tokens run well past the window.
 
 
-def tokens(model: GPT, idx: torch.Tensor, n: int, **kwargs) -> torch.Tensor:
-    return torch.stack([step.tokens for step in stream(model, idx, n, **kwargs)], dim=1)
+def generated(model: GPT, prompt: list[int], n: int, temperature: float = 0.0, seed: int = 0) -> list[int]:
+    sequence = Sequence(list(prompt), n, temperature, generator=torch.Generator().manual_seed(seed))
+    return [t.token for step in decode(TorchBackend(model), [sequence]) for t in step]
 
 
-def test_cached_decoding_gives_the_full_recompute_logits(tiny_model, tiny_config):
+def test_cached_rows_at_different_positions_give_the_full_recompute_logits(tiny_model, tiny_config):
     torch.manual_seed(0)
     idx = torch.randint(tiny_config.vocab_size, (2, tiny_config.block_size))
+    cache = KVCache.empty(tiny_config, 2)
     with torch.inference_mode():
         full = tiny_model(idx)[0]
-        torch.testing.assert_close(prefill(tiny_model, idx[:, :5]), full[:, 4], atol=1e-6, rtol=1e-5)
-        for pos in range(5, tiny_config.block_size):
-            cached = decode_one(tiny_model, idx[:, pos : pos + 1], pos)
-            torch.testing.assert_close(cached, full[:, pos], atol=1e-6, rtol=1e-5)
+        prefilled = tiny_model(idx[:, :5], cache=cache, input_pos=torch.tensor([0, 0]))[0]
+        torch.testing.assert_close(prefilled, full[:, :5], atol=1e-6, rtol=1e-5)
+        tiny_model(idx[1:, 5:9], cache=cache.rows(1, 2), input_pos=torch.tensor([5]))  # row 1 runs ahead
+        for pos in range(5, tiny_config.block_size - 4):  # then both advance, row 1 four positions ahead
+            rows = torch.stack([idx[0, pos : pos + 1], idx[1, pos + 4 : pos + 5]])
+            cached = tiny_model(rows, cache=cache, input_pos=torch.tensor([pos, pos + 4]))[0][:, 0]
+            torch.testing.assert_close(cached, torch.stack([full[0, pos], full[1, pos + 4]]), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("prompt_len", [1, 5, 16, 40])
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_exact_window_reproduces_the_seeds_generate(tiny_model, tiny_config, prompt_len, temperature):
+def test_within_the_window_decoding_reproduces_the_seeds_generate(sharp_model, tiny_config):
     torch.manual_seed(2)
-    idx = torch.randint(tiny_config.vocab_size, (1, prompt_len))
-    seed = dict(temperature=temperature, generator=torch.Generator().manual_seed(5))
-    expected = tiny_model.generate(idx, 40, **seed)[:, prompt_len:]
-    seed = dict(temperature=temperature, generator=torch.Generator().manual_seed(5))
-    assert torch.equal(tokens(tiny_model, idx, 40, window="exact", **seed), expected)
+    for prompt_len in (1, 5, 12):
+        idx = torch.randint(tiny_config.vocab_size, (1, prompt_len))
+        n = tiny_config.block_size + 1 - prompt_len  # the last one is predicted from a full window
+        for temperature in (0.0, 1.0):
+            expected = sharp_model.generate(idx, n, temperature, generator=torch.Generator().manual_seed(5))
+            assert generated(sharp_model, idx[0].tolist(), n, temperature, seed=5) == expected[0, prompt_len:].tolist()
 
 
-def reprefill_reference(model: GPT, idx: torch.Tensor, n: int) -> list[int]:
-    """The documented "fast" behaviour, computed the slow way: full forward passes over a context
-    that is cut back to its last block_size // 2 tokens whenever it outgrows block_size."""
-    context, out = idx[0, -model.config.block_size :].tolist(), []
+def window_reference(model: GPT, prompt: list[int], n: int, temperature: float, seed: int) -> list[int]:
+    """The documented window rule, computed the slow way: full forward passes over a context that is
+    cut back to its last block_size // 2 tokens whenever it outgrows block_size."""
+    generator = torch.Generator().manual_seed(seed)
+    context, out = prompt[-model.config.block_size :], []
     for _ in range(n):
-        token = model(torch.tensor([context]))[0][0, -1].argmax().item()
+        token = sample_next(model(torch.tensor([context]))[0][:, -1], temperature, generator=generator).item()
         out.append(token)
         context.append(token)
         if len(context) > model.config.block_size:
@@ -49,49 +54,55 @@ def reprefill_reference(model: GPT, idx: torch.Tensor, n: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("prompt_len", [3, 16, 30])
-def test_fast_window_reprefills_the_recent_half(tiny_model, tiny_config, prompt_len):
+def test_past_the_window_decoding_reprefills_the_recent_half(sharp_model, tiny_config):
     torch.manual_seed(3)
-    idx = torch.randint(tiny_config.vocab_size, (1, prompt_len))
-    fast = tokens(tiny_model, idx, 45, temperature=0)
-    assert fast[0].tolist() == reprefill_reference(tiny_model, idx, 45)
-    # Within the first window both modes agree exactly.
-    exact = tokens(tiny_model, idx, 45, temperature=0, window="exact")
-    inside = tiny_config.block_size - min(prompt_len, tiny_config.block_size) + 1
-    assert torch.equal(fast[:, :inside], exact[:, :inside])
+    for prompt_len in (3, 16, 30):
+        prompt = torch.randint(tiny_config.vocab_size, (prompt_len,)).tolist()
+        for temperature in (0.0, 1.0):
+            expected = window_reference(sharp_model, prompt, 45, temperature, seed=prompt_len)
+            assert generated(sharp_model, prompt, 45, temperature, seed=prompt_len) == expected
+
+
+def test_sequences_join_and_leave_between_steps_without_disturbing_the_others(sharp_model, tokenizer):
+    alone = {p: generated(sharp_model, tokenizer.encode(p), 30, 1.0, seed=i) for i, p in enumerate(["ab", "Hi", "R"])}
+    decoder = Decoder(TorchBackend(sharp_model), max_batch=2)
+    sequences = {p: Sequence(tokenizer.encode(p), 30, 1.0, generator=torch.Generator().manual_seed(i))
+                 for i, p in enumerate(alone)}  # fmt: skip
+    out = {p: [] for p in alone}
+    decoder.add(sequences["ab"])
+    for step in range(40):
+        if step == 3:
+            decoder.add(sequences["Hi"])
+        if step == 10:  # "ab" leaves half-way: "Hi" moves into its cache row, "R" takes the free one
+            decoder.remove(sequences["ab"])
+            decoder.add(sequences["R"])
+        for t in decoder.step():
+            out[next(p for p, s in sequences.items() if s is t.sequence)].append(t.token)
+    assert out["Hi"] == alone["Hi"] and out["R"] == alone["R"]
+    assert out["ab"] == alone["ab"][:10]
+    assert decoder.sequences == []
 
 
 def test_streamed_probabilities_are_the_models_distribution(tiny_model):
-    idx = torch.tensor([[4, 8, 15]])
-    steps = list(stream(tiny_model, idx, 3, temperature=0))
-    expected = tiny_model(idx)[0][0, -1].softmax(-1)
-    torch.testing.assert_close(steps[0].probs[0], expected)
-    assert steps[0].tokens.item() == expected.argmax().item()
-    assert all(torch.allclose(s.probs.sum(-1), torch.ones(1)) for s in steps)
+    sequence = Sequence([4, 8, 15], 3, temperature=0)
+    steps = list(decode(TorchBackend(tiny_model), [sequence]))
+    expected = tiny_model(torch.tensor([[4, 8, 15]]))[0][0, -1].softmax(-1)
+    torch.testing.assert_close(steps[0][0].probs, expected)
+    assert steps[0][0].token == expected.argmax().item()
+    assert all(torch.allclose(t.probs.sum(), torch.ones(())) for step in steps for t in step)
 
 
-def test_samples_are_batched_and_independent(tiny_model):
-    idx = torch.tensor([[1, 2, 3]]).repeat(4, 1)
-    sampled = tokens(tiny_model, idx, 30, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    assert sampled.shape == (4, 30)
-    assert len({tuple(row) for row in sampled.tolist()}) > 1
-    greedy = tokens(tiny_model, idx, 30, temperature=0)
-    assert all(torch.equal(row, greedy[0]) for row in greedy)
-
-
-def test_int8_weights_stay_close_to_float32(tiny_config):
-    torch.manual_seed(0)
-    exact = GPT(tiny_config).eval()
-    same = GPT(tiny_config)
-    same.load_state_dict(exact.state_dict())
-    quantized = for_inference(same, "int8")
-    idx = torch.randint(tiny_config.vocab_size, (2, tiny_config.block_size))
-    reference, approx = exact(idx)[0].softmax(-1), quantized(idx)[0].softmax(-1)
-    assert (reference - approx).abs().max() < 0.01
-    assert not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
-    assert quantized.num_params() == exact.num_params()
-    with pytest.raises(ValueError, match="precision"):
-        for_inference(exact, "int4")
+def test_samples_are_independent_and_sample_i_is_the_single_sample_of_seed_plus_i(tiny_model, tokenizer):
+    _, sequences = start(tokenizer, "Hi", 30, 1.0, seed=7, num_samples=4)
+    texts = [[] for _ in sequences]
+    for step in decode(TorchBackend(tiny_model), sequences):
+        for t in step:
+            texts[sequences.index(t.sequence)].append(t.token)
+    assert len({tuple(text) for text in texts}) > 1
+    assert texts[2] == generated(tiny_model, tokenizer.encode("Hi"), 30, 1.0, seed=9)
+    _, greedy = start(tokenizer, "Hi", 30, 0.0, num_samples=3)
+    tokens = [[t.token for t in step] for step in decode(TorchBackend(tiny_model), greedy)]
+    assert all(len(set(step)) == 1 for step in tokens)
 
 
 # --- Sampling filters ---------------------------------------------------------------------------

@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from tinygpt.backends import TorchBackend
+from tinygpt.checkpoint import save_model
+from tinygpt.config import GPTConfig
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_PROMPT_CHARS, InputError, complete
+from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
 
 
 def run_complete(model, prompt, n=20, temperature=0.8, seed=1, **sampling) -> str:
-    text, steps = complete(model, CharTokenizer(model.config.vocab), prompt, n, temperature, seed, **sampling)
+    text, steps = complete(
+        TorchBackend(model), CharTokenizer(model.config.vocab), prompt, n, temperature, seed, **sampling
+    )
     return text + "".join(step.chars[0] for step in steps)
 
 
@@ -71,7 +77,7 @@ def test_prompt_is_normalized(tiny_model):
 )
 def test_bad_input_raises_a_clear_input_error(tiny_model, prompt, n, temperature, message):
     with pytest.raises(InputError, match=None) as err:
-        complete(tiny_model, CharTokenizer(tiny_model.config.vocab), prompt, n, temperature)  # checks eagerly
+        complete(TorchBackend(tiny_model), CharTokenizer(tiny_model.config.vocab), prompt, n, temperature)  # eagerly
     assert message in str(err.value)
 
 
@@ -90,7 +96,7 @@ def test_bad_input_raises_a_clear_input_error(tiny_model, prompt, n, temperature
 )
 def test_bad_sampling_settings_raise_a_clear_input_error(tiny_model, sampling, message):
     with pytest.raises(InputError) as err:
-        complete(tiny_model, CharTokenizer(tiny_model.config.vocab), "hi", 10, 0.8, **sampling)
+        complete(TorchBackend(tiny_model), CharTokenizer(tiny_model.config.vocab), "hi", 10, 0.8, **sampling)
     assert message in str(err.value)
 
 
@@ -103,7 +109,9 @@ def test_top_k_zero_and_top_p_one_change_nothing(tiny_model):
 
 
 def test_several_samples_at_once(tiny_model):
-    text, steps = complete(tiny_model, CharTokenizer(tiny_model.config.vocab), "Hi", 25, 1.0, 3, num_samples=3)
+    text, steps = complete(
+        TorchBackend(tiny_model), CharTokenizer(tiny_model.config.vocab), "Hi", 25, 1.0, 3, num_samples=3
+    )
     samples = [text + "".join(chars) for chars in zip(*(step.chars for step in steps), strict=True)]
     assert len(samples) == 3 and all(s.startswith("Hi") and len(s) == 27 for s in samples)
     assert len(set(samples)) > 1
@@ -116,7 +124,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_cli_prints_several_samples(tiny_weights):
     result = run_cli("Hi", "-n", "10", "--num-samples", "2", "--seed", "1", "--top-k", "5", "--top-p", "0.9",
-                     "--precision", "int8", "--weights", str(tiny_weights))  # fmt: skip
+                     "--backend", "int8", "--weights", str(tiny_weights))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("--- sample") == 2
 
@@ -147,7 +155,15 @@ def test_cli_bad_input_gives_a_message_not_a_traceback(tiny_weights, args, messa
 
 def test_streamed_text_is_the_seeds_final_text(tiny_model):
     tokenizer = CharTokenizer(tiny_model.config.vocab)
-    streamed = run_complete(tiny_model, "Hi", n=40, temperature=0.8, seed=4, window="exact")
+    streamed = run_complete(tiny_model, "Hi", n=15, temperature=0.8, seed=4)  # within the 16-character window
     seeded = torch.Generator().manual_seed(4)
-    full = tiny_model.generate(torch.tensor([tokenizer.encode("Hi")]), 40, 0.8, generator=seeded)
+    full = tiny_model.generate(torch.tensor([tokenizer.encode("Hi")]), 15, 0.8, generator=seeded)
     assert streamed == tokenizer.decode(full[0].tolist())
+
+
+def test_cli_refuses_a_backend_the_model_cannot_use_in_one_line(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    save_model(GPT(GPTConfig(vocab=tokenizer.vocab, block_size=16, n_layer=1, n_head=2, n_embd=24)), tmp_path)
+    result = run_cli("Hi", "-n", "5", "--backend", "int8", "--weights", str(tmp_path))
+    assert result.returncode == 2
+    assert "multiple of 16" in result.stderr and "Traceback" not in result.stderr

@@ -15,9 +15,10 @@ from huggingface_hub import ModelCard
 import train
 from tests.conftest import ROOT
 from tests.test_checkpoint import same_logits
+from tinygpt import card as card_module
 from tinygpt import hub
 from tinygpt.checkpoint import WeightsError, load_model
-from tinygpt.model import GPT
+from tinygpt.hub import TinyGPT
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -27,7 +28,7 @@ def hub_cache(tiny_weights, tmp_path) -> Path:
     """A Hub cache holding someone/tiny-gpt at `main`, as huggingface_hub lays it out after a download:
     models--OWNER--NAME/snapshots/COMMIT/<files> and refs/main naming COMMIT."""
     repo = tmp_path / "hub" / "models--someone--tiny-gpt"
-    load_model(tiny_weights).save_pretrained(repo / "snapshots" / COMMIT)
+    load_model(tiny_weights, model_class=TinyGPT).save_pretrained(repo / "snapshots" / COMMIT)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(COMMIT)
     return tmp_path / "hub"
@@ -39,7 +40,7 @@ def offline_env(cache: Path) -> dict:
 
 def test_from_pretrained_by_repo_id_reads_the_hub_cache(hub_cache, tiny_weights):
     expected = load_model(tiny_weights)
-    model = GPT.from_pretrained("someone/tiny-gpt", cache_dir=hub_cache, local_files_only=True)
+    model = TinyGPT.from_pretrained("someone/tiny-gpt", cache_dir=hub_cache, local_files_only=True)
     assert same_logits(model, expected) and not model.training
     model = load_model("hf://someone/tiny-gpt@main", cache_dir=hub_cache, local_files_only=True)
     assert same_logits(model, expected)
@@ -70,8 +71,8 @@ def test_app_and_cli_report_an_unreachable_hub_in_one_line(tmp_path, command):
     assert len(lines) == 1 and re.match(r"error: someone/elsewhere not found: .*Hugging Face Hub could not", lines[0])
 
 
-def test_push_to_hub_uploads_the_hugging_face_layout(fake_hub, tiny_model):
-    tiny_model.push_to_hub("me/tiny")
+def test_push_to_hub_uploads_the_hugging_face_layout(fake_hub, tiny_config):
+    TinyGPT(tiny_config).push_to_hub("me/tiny")
     assert fake_hub["create_repo"]["repo_id"] == "me/tiny"
     assert fake_hub["upload_folder"]["files"] == ["README.md", "config.json", "model.safetensors"]
 
@@ -110,12 +111,12 @@ def test_push_refuses_broken_weights(fake_hub, tiny_weights, tmp_path):
 def test_shipped_model_card_has_the_hub_metadata_and_the_readme_figure():
     card = ModelCard.load(ROOT / "weights" / "README.md")
     assert card.data.license == "mit" and card.data.library_name == "tinygpt"
-    assert card.data.pipeline_tag == "text-generation" and card.data.datasets == [hub.DATASET]
+    assert card.data.pipeline_tag == "text-generation" and card.data.datasets == [card_module.DATASET]
     assert {"text-generation", "character-level", "shakespeare", "pytorch"} <= set(card.data.tags)
     readme = (ROOT / "README.md").read_text()
     figure = re.search(r"^\| `weights/` \| ([0-9.]+) \|", readme, re.MULTILINE).group(1)
     (result,) = card.data.eval_results
     assert result.metric_type == "loss" and result.dataset_split == "validation"
     assert f"{result.metric_value:.{len(figure.partition('.')[2])}f}" == figure  # the card's value, rounded
-    assert hub.is_model_card((ROOT / "weights" / "README.md").read_text())
-    assert not hub.is_model_card(readme)  # the project README is never overwritten by a training run
+    assert card_module.is_model_card((ROOT / "weights" / "README.md").read_text())
+    assert not card_module.is_model_card(readme)  # the project README is never overwritten by a training run

@@ -10,11 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_training import ctrl_c_at_batch
-from tinygpt import fused, training
+from tinygpt import backends, training
 from tinygpt.config import GPTConfig
 from tinygpt.data import get_batch
-from tinygpt.generate import for_inference
-from tinygpt.model import GPT
+from tinygpt.model import GPT, KVCache
+from tinygpt.quantize import quantize_int8
 from tinygpt.training import WeightAverage, optimization_step, train, trim_log
 
 # --- int8 inference -------------------------------------------------------------------------------
@@ -35,7 +35,7 @@ def test_int8_output_layer_gives_hand_computed_logits():
         model.ln_f.bias.zero_()[:4] = torch.tensor([1.0, 2.0, 3.0, 4.0])  # the lm_head's input is [1, 2, 3, 4, 0...]
         model.lm_head.weight.zero_()[:, :4] = torch.tensor(rows)
         model.lm_head.bias.copy_(torch.tensor([0.5, -1.0, 0.25]))
-    quantized = for_inference(model, "int8")
+    quantized = quantize_int8(model)
     assert not any(isinstance(m, torch.nn.Linear) for m in quantized.modules())
     with torch.no_grad():
         logits = quantized(torch.tensor([[0, 1, 2]]))[0]
@@ -54,7 +54,7 @@ def test_int8_model_follows_the_float32_model(tiny_config):
             p.mul_(3)
     same = GPT(tiny_config)
     same.load_state_dict(exact.state_dict())
-    quantized = for_inference(same, "int8")
+    quantized = quantize_int8(same)
     idx = torch.randint(tiny_config.vocab_size, (4, tiny_config.block_size), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference, approx = exact(idx)[0], quantized(idx)[0]
@@ -210,8 +210,8 @@ def test_resume_after_the_log_ran_past_the_checkpoint_logs_each_evaluation_once(
 def test_cpp_step_on_two_threads_gives_the_full_recompute_logits(tokenizer):
     """The tests run torch on one thread; the C++ step shares its matmuls and attention heads out over
     torch's threads, so a race between them shows only here."""
-    if fused.extension() is None:
-        pytest.skip("the C++ decode step could not be built here")  # test_fused.py fails on CI for this
+    if backends.extension() is None:
+        pytest.skip("the C++ decode step could not be built here")  # test_backends.py fails on CI for this
     torch.manual_seed(0)
     config = GPTConfig(vocab=tokenizer.vocab, block_size=32, n_layer=2, n_head=8, n_embd=256)
     model = GPT(config).eval()
@@ -220,16 +220,16 @@ def test_cpp_step_on_two_threads_gives_the_full_recompute_logits(tokenizer):
             p.mul_(4)
     fast = GPT(config)
     fast.load_state_dict(model.state_dict())
-    fast = for_inference(fast, "float32", fused=True)
-    idx = torch.randint(config.vocab_size, (1, 32), generator=torch.Generator().manual_seed(1))
+    fast = backends.CppBackend(fast)
+    idx = torch.randint(config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         with torch.inference_mode():
             full = model(idx)[0]
-            fast.setup_cache(1)
+            cache = KVCache.empty(config, 2)  # two sequences: few enough rows to be shared out
             for pos in range(32):
-                logits = fast(idx[:, pos : pos + 1], input_pos=pos)[0]
+                logits = fast(idx[:, pos : pos + 1], torch.tensor([pos, pos]), cache)
                 torch.testing.assert_close(logits, full[:, pos : pos + 1], atol=2e-4, rtol=1e-5)
     finally:
         torch.set_num_threads(threads)

@@ -18,7 +18,6 @@ from gradio_client import Client
 
 from tinygpt.checkpoint import load_model
 from tinygpt.generate import InputError
-from tinygpt.model import GPT
 from tinygpt.playground import (
     MAX_UPLOAD_BYTES,
     TrainingJob,
@@ -146,6 +145,7 @@ def test_visitor_models_are_freed_on_drop_and_beyond_the_limit(tmp_path, tiny_mo
 
 def test_the_zip_loads_with_load_model_and_from_pretrained(tmp_path, tiny_model):
     from tinygpt.checkpoint import save_model
+    from tinygpt.hub import TinyGPT
 
     save_model(tiny_model, tmp_path)
     (tmp_path / "text.txt").write_text("not shipped")
@@ -154,7 +154,7 @@ def test_the_zip_loads_with_load_model_and_from_pretrained(tmp_path, tiny_model)
                                              "tinygpt-model/model.safetensors"]  # fmt: skip
         zipped.extractall(tmp_path / "unzipped")
     unzipped = tmp_path / "unzipped" / "tinygpt-model"
-    for model in (load_model(unzipped), GPT.from_pretrained(unzipped)):
+    for model in (load_model(unzipped), TinyGPT.from_pretrained(unzipped)):
         assert model.config == tiny_model.config
 
 

@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
-from tinygpt import hub
+from tinygpt import card
 from tinygpt.config import GPTConfig
 from tinygpt.model import GPT
 
@@ -27,6 +27,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
+# What a weights folder shares (on the Hub); the resumable training checkpoint stays local.
+SHARED_FILES = [WEIGHTS_FILE, CONFIG_FILE, CARD_FILE, "train_log.jsonl", "loss_curve.png"]
 # OWNER/NAME, optionally hf:// before and @REVISION after: a model repo on the Hugging Face Hub.
 HUB_NAME = re.compile(r"(?:hf://)?(\w[\w.-]*/[\w.-]+)(?:@([\w./-]+))?")
 
@@ -86,15 +88,15 @@ def save_model(model: GPT, out_dir: str | Path, results: dict | None = None) -> 
     """Write OUT/model.safetensors, OUT/config.json (hyperparameters and vocabulary) and OUT/README.md,
     the Hugging Face model card (with `results`, e.g. val_loss, if given).
 
-    This is the layout of PyTorchModelHubMixin.save_pretrained, which calls this function.
+    This is the layout of TinyGPT.save_pretrained (tinygpt.hub), which calls this function.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tensors(out_dir / WEIGHTS_FILE, model.state_dict())
     write_text(out_dir / CONFIG_FILE, model.config.to_json())
-    card = out_dir / CARD_FILE
-    if not card.exists() or hub.is_model_card(card.read_text(encoding="utf-8", errors="replace")):
-        write_text(card, hub.model_card(model.config, results))  # never overwrite someone else's README
+    card_path = out_dir / CARD_FILE
+    if not card_path.exists() or card.is_model_card(card_path.read_text(encoding="utf-8", errors="replace")):
+        write_text(card_path, card.model_card(model.config, results))  # never overwrite someone else's README
 
 
 # --- Reading --------------------------------------------------------------------------------------
@@ -179,7 +181,7 @@ def resolve(
         folder = snapshot_download(
             repo_id,
             revision=revision,
-            allow_patterns=hub.SHARED_FILES,
+            allow_patterns=SHARED_FILES,
             cache_dir=cache_dir,
             force_download=force_download,
             local_files_only=local_files_only,
@@ -193,16 +195,18 @@ def resolve(
     return Path(folder)
 
 
-def load_model(name: str | Path = WEIGHTS_DIR, device: str = "cpu", **hub_options: Any) -> GPT:
+def load_model(
+    name: str | Path = WEIGHTS_DIR, device: str = "cpu", model_class: type[GPT] = GPT, **hub_options: Any
+) -> GPT:
     """The model in a weights folder or Hub repo (see `resolve`), checked and in eval mode.
 
     Raises WeightsError, naming the file, if anything is missing, unreadable or inconsistent.
-    GPT.from_pretrained(name) is the same with the Hugging Face API.
+    TinyGPT.from_pretrained(name) (tinygpt.hub) is the same with the Hugging Face API.
     """
     folder = resolve(name, **hub_options)
     config = read_config(folder / CONFIG_FILE)
     try:
-        model = GPT(config)
+        model = model_class(config)
     except (ValueError, TypeError, RuntimeError) as err:
         raise WeightsError(f"{folder / CONFIG_FILE}: cannot build a model from it: {err}") from None
     tensors, _ = read_tensors(folder / WEIGHTS_FILE)

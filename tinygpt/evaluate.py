@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
 from tinygpt.data import DEFAULT_DATA, load_splits
-from tinygpt.generate import PRECISIONS, for_inference
 from tinygpt.model import GPT
+from tinygpt.quantize import quantize_int8
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 
@@ -59,11 +59,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus; its last 10%% is the validation split")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
+    parser.add_argument("--precision", choices=("float32", "int8"), default="float32",
                         help="score the model as the demo runs it (int8) or as trained (float32)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        model = for_inference(load_model(args.weights), args.precision)
+        model = load_model(args.weights)
+        if args.precision == "int8":
+            model = quantize_int8(model)
         _, _, val_ids = load_splits(args.data, CharTokenizer(model.config.vocab))
     except (FileNotFoundError, UnknownCharactersError, ValueError) as err:  # ValueError includes WeightsError
         print(f"error: {err}", file=sys.stderr)

@@ -1,24 +1,24 @@
 """Autocomplete text: `python -m tinygpt.generate "PROMPT" -n 200 --temperature 0.8 --seed 1`.
 
-How it is fast (in the style of gpt-fast's generate.py):
-  prefill  - one forward pass over the prompt fills every layer's KV cache;
-  decode   - each new character is then one position through the model, attending to the cache;
-  speculate - (`stream_speculative`, one sample) a pass checks the last character and a few drafted
-             after it (`tinygpt.draft`), so a pass yields ~2 characters, drawn exactly as decode would;
-  fused    - (`for_inference(..., fused=True)`, one sample) each decode step is one C++ call
-             (`tinygpt.fused`) instead of ~150 PyTorch operations: ~7x faster on 2 CPU cores.
+The one decode loop, in the style of gpt-fast's generate.py, for one sequence or many at once:
+  prefill - one forward pass over a sequence's prompt fills its row of the KV cache;
+  step    - every sequence samples its next character (each with its own temperature, top-k, top-p
+            and random generator), then one batched forward pass runs all of them one position
+            further, each at its own position in its own cache row.
+Sequences can join (`Decoder.add`) and leave (`Decoder.remove`) between steps: the page's batching
+engine (`tinygpt.engine`) does that; the command line runs one request's samples to the end.
+How a forward pass runs is the backend's business (`tinygpt.backends`: PyTorch float32 or int8,
+or the C++ step); the loop is the same for all of them.
 
-Past the context window. Positions are learned and absolute, so once the text outgrows block_size
-every cached key is at the wrong position. Two behaviours:
-  "exact" - the seed's semantics: the model always sees the last block_size characters, so every
-            step past the window recomputes the whole window (correct, slow);
-  "fast"  - the default: when the cache is full, re-prefill the most recent block_size/2 characters
-            at positions 0.. and continue decoding from there. The model then sees between
-            block_size/2 and block_size characters, never fewer, at one prefill per block_size/2
-            characters. (Validation loss is flat beyond ~64 characters of context; see the README.)
+Past the context window. Positions are learned and absolute, so once a text outgrows block_size
+every cached key is at the wrong position. When a sequence's cache row is full, the loop re-prefills
+its most recent block_size/2 characters at positions 0.. and carries on from there: the model sees
+between block_size/2 and block_size characters, never fewer, at one prefill per block_size/2
+characters (the validation loss is flat beyond ~64 characters of context; see the README). The
+seed's `GPT.generate`, which recomputes the last block_size characters for every new one, is the
+reference the tests compare with.
 
-`complete` is what the app, the API and the command line share: it checks and cleans the input, then
-streams the new characters and the probabilities the model gave them.
+`start` checks and cleans a request (InputError says what to fix); `complete` runs it here.
 """
 
 from __future__ import annotations
@@ -27,18 +27,16 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-from tinygpt.checkpoint import WEIGHTS_DIR, WeightsError, load_model
-from tinygpt.data import DEFAULT_DATA
-from tinygpt.draft import NGramDraft
-from tinygpt.fused import FusedGPT, extension
-from tinygpt.model import GPT
-from tinygpt.sampling import sample_next, sampling_probs
+from tinygpt.backends import BACKENDS, Backend, load_backend
+from tinygpt.checkpoint import WEIGHTS_DIR, load_model
+from tinygpt.model import KVCache
+from tinygpt.sampling import sample_rows
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 MAX_NEW_TOKENS = 2000
@@ -47,178 +45,115 @@ MAX_NUM_SAMPLES = 16
 MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 10_000  # only the last block_size characters condition the model anyway
 EMPTY_PROMPT_CONTEXT = "\n"  # an empty prompt starts the model at the beginning of a line
-WINDOWS = ("fast", "exact")
-PRECISIONS = ("float32", "int8")
-LOOKAHEAD = 4  # drafted characters checked per forward pass
 
 
 class InputError(ValueError):
     """Input a person can fix; the message says how."""
 
 
-# --- Decoding ------------------------------------------------------------------------------------
+# --- The decode loop -----------------------------------------------------------------------------
 
 
-class Step(NamedTuple):
-    tokens: torch.Tensor  # (B,) the sampled token of each sequence
-    probs: torch.Tensor  # (B, V) the model's distribution they were drawn from, at temperature 1
+@dataclass(eq=False)
+class Sequence:
+    """One text being generated: its context and how to sample it."""
+
+    tokens: list[int]  # the context: the prompt and what has been generated (at most block_size + 1)
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    generator: torch.Generator | None = None
+    produced: int = 0
+    cached: int = 0  # positions of this sequence in its cache row
+    logits: torch.Tensor | None = field(default=None, repr=False)  # (V,) for the next token, once computed
+
+    @property
+    def done(self) -> bool:
+        return self.produced >= self.max_new_tokens
 
 
-def prefill(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    """Run idx (B, T) at positions 0..T-1, filling the KV caches; returns the last logits (B, V)."""
-    model.setup_cache(idx.size(0))
-    return model(idx, input_pos=0)[0][:, -1]
+class Token(NamedTuple):
+    sequence: Sequence
+    token: int
+    probs: torch.Tensor  # (V,) the model's distribution it was drawn from, at temperature 1
 
 
-def decode_one(model: GPT, token: torch.Tensor, pos: int) -> torch.Tensor:
-    """Run one token (B, 1) at position `pos`, attending to the cache; returns its logits (B, V)."""
-    return model(token, input_pos=pos)[0][:, -1]
+class Decoder:
+    """Up to `max_batch` sequences decoded side by side; sequence i lives in row i of the KV cache.
 
-
-@torch.inference_mode()
-def stream(
-    model: GPT,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    window: str = "fast",
-) -> Iterator[Step]:
-    """Yield max_new_tokens Steps continuing idx (B, T); B sequences are sampled side by side."""
-    if window not in WINDOWS:
-        raise ValueError(f"window must be one of {WINDOWS}, not {window!r}")
-    block_size = model.config.block_size
-    keep = block_size // 2 if window == "fast" else block_size
-    context = idx[:, -block_size:]
-    logits = prefill(model, context)
-    for i in range(max_new_tokens):
-        token = sample_next(logits, temperature, top_k, top_p, generator)
-        yield Step(token[:, 0], F.softmax(logits.float(), dim=-1))
-        if i == max_new_tokens - 1:
-            break
-        context = torch.cat([context, token], dim=1)
-        if context.size(1) <= block_size:
-            logits = decode_one(model, token, context.size(1) - 1)
-        else:  # the cache is full: start again from the most recent `keep` tokens
-            context = context[:, -keep:]
-            logits = prefill(model, context)
-
-
-def without(probs: torch.Tensor, rejected: int) -> torch.Tensor:
-    """probs (V,) with a rejected draft's probability removed, renormalised. Drawing from it after
-    rejecting d (which happens with probability 1 - p(d)) gives each x != d probability p(x) overall."""
-    probs = probs.clone()
-    probs[rejected] = 0
-    return probs / probs.sum()
-
-
-@torch.inference_mode()
-def stream_speculative(
-    model: GPT,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    draft: NGramDraft,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-    lookahead: int = LOOKAHEAD,
-) -> Iterator[Step]:
-    """`stream` with window="fast" for one sequence (B = 1), several characters per forward pass.
-
-    Speculative decoding: each pass feeds the last sampled character and up to `lookahead` drafted
-    ones, which yields the model's distribution after each. Left to right, a drafted character d is
-    kept with probability p(d); otherwise the next character is drawn from p without d (renormalised)
-    and the pass ends; if all are kept, one more is drawn from the last distribution. Each character
-    is so drawn from exactly the distribution `stream` draws it from (p(d) for d, and (1 - p(d)) x
-    p(x) / (1 - p(d)) for any other x), whatever the draft; a good draft only means fewer passes.
-    """
-    if idx.size(0) != 1:
-        raise ValueError(f"speculative decoding runs one sequence at a time, not {idx.size(0)}")
-    block_size = model.config.block_size
-    keep = block_size // 2
-    tokens = idx[0, -block_size:].tolist()
-    logits = prefill(model, idx[:, -block_size:])
-    token = sample_next(logits, temperature, top_k, top_p, generator)
-    yield Step(token[0], F.softmax(logits.float(), dim=-1))
-    tokens.append(token.item())
-    cached = len(tokens) - 1  # positions in the KV cache; the last token is fed with the next pass
-    produced = 1
-    while produced < max_new_tokens:
-        if cached == block_size:  # no room for the last token: re-prefill the most recent `keep`
-            tokens = tokens[-keep:]
-            prefill(model, torch.tensor([tokens[:-1]]))
-            cached = keep - 1
-        drafted = draft.propose(tokens, min(lookahead, block_size - cached - 1, max_new_tokens - produced - 1))
-        logits = model(torch.tensor([tokens[-1:] + drafted]), input_pos=cached)[0][0]
-        probs = sampling_probs(logits, temperature, top_k, top_p)
-        shown = F.softmax(logits.float(), dim=-1)
-        keep_draws = torch.rand(len(drafted), generator=generator, dtype=torch.float64).tolist()
-        p_drafted = probs[torch.arange(len(drafted)), drafted].tolist()
-        kept = 0
-        while kept < len(drafted) and keep_draws[kept] < p_drafted[kept]:
-            yield Step(torch.tensor(drafted[kept : kept + 1]), shown[kept : kept + 1])
-            kept += 1
-        new = probs[kept] if kept == len(drafted) else without(probs[kept], drafted[kept])
-        token = torch.multinomial(new, 1, generator=generator)  # greedy: `new` is one-hot, so this is argmax
-        yield Step(token, shown[kept : kept + 1])
-        tokens += [*drafted[:kept], token.item()]
-        cached += 1 + kept
-        produced += kept + 1
-
-
-# --- Inference precision -------------------------------------------------------------------------
-# Decoding one character reads every weight once, so at batch 1 it is bound by memory bandwidth,
-# not arithmetic: fewer bytes per weight is the speed-up.
-
-
-class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights and one scale per output row (weight-only quantisation).
-
-    The matmul runs on bfloat16 activations (PyTorch's int8 weight kernel is fast only for those);
-    input and output stay float32, like the rest of the model.
+    The backend can be replaced between steps (the cache is the decoder's, not the backend's).
     """
 
-    def __init__(self, linear: nn.Linear) -> None:
-        super().__init__()
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
-        # Still parameters (frozen), so num_params() counts the same model.
-        self.weight = nn.Parameter((weight / scales[:, None]).round().to(torch.int8), requires_grad=False)
-        self.register_buffer("scales", scales.to(torch.bfloat16))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+    def __init__(self, backend: Backend, max_batch: int = 1) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self.backend = backend
+        self.config = backend.model.config
+        self.max_batch = max_batch
+        self.cache = KVCache.empty(self.config, max_batch)
+        self.sequences: list[Sequence] = []
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.size(-1)).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int8pack_mm(rows, self.weight, self.scales).float().view(*x.shape[:-1], -1)
-        return y if self.bias is None else y + self.bias
+    @property
+    def full(self) -> bool:
+        return len(self.sequences) == self.max_batch
 
+    @torch.inference_mode()
+    def add(self, sequence: Sequence) -> None:
+        """Take a sequence in and prefill its prompt (cropped to the last block_size tokens)."""
+        if self.full:
+            raise RuntimeError(f"the decoder already holds {self.max_batch} sequences")
+        if not sequence.tokens:
+            raise ValueError("a sequence needs at least one token to start from")
+        sequence.tokens = sequence.tokens[-self.config.block_size :]
+        self.sequences.append(sequence)
+        sequence.logits = self._prefill(len(self.sequences) - 1, sequence.tokens)
+        sequence.cached = len(sequence.tokens)
 
-def for_inference(model: GPT, precision: str = "float32", fused: bool = False) -> GPT:
-    """The model in eval mode, as is (float32) or with int8 linear weights (CPU only). In place.
+    def remove(self, sequence: Sequence) -> None:
+        """Let a sequence go (finished or cancelled); the last one moves into its cache row."""
+        row, last = self.sequences.index(sequence), len(self.sequences) - 1
+        if row != last:
+            self.cache.copy_row(last, row)
+            self.sequences[row] = self.sequences[last]
+        self.sequences.pop()
 
-    With `fused` (float32 on the CPU), one sequence's cached steps run as one C++ call each
-    (`tinygpt.fused`), where that can be built; otherwise the model stays on PyTorch.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
-    model.eval()
-    if precision == "int8":
-        for module in list(model.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, nn.Linear):
-                    setattr(module, name, Int8Linear(child))
-    elif fused and model.token_embedding.weight.device.type == "cpu" and extension() is not None:
-        return FusedGPT(model)
-    return model
+    @torch.inference_mode()
+    def step(self) -> list[Token]:
+        """One new token for every sequence; finished sequences leave. The others then run one
+        position further, together, so their next logits are ready for the next step."""
+        if not self.sequences:
+            return []
+        logits = torch.stack([s.logits for s in self.sequences])
+        settings = [(s.temperature, s.top_k, s.top_p) for s in self.sequences]
+        new = sample_rows(logits, settings, [s.generator for s in self.sequences])
+        probs = F.softmax(logits.float(), dim=-1)
+        tokens = [Token(*row) for row in zip(self.sequences, new, probs, strict=True)]
+        for sequence, token in zip(self.sequences, new, strict=True):
+            sequence.tokens.append(token)
+            sequence.produced += 1
+        for sequence in [s for s in self.sequences if s.done]:
+            self.remove(sequence)
+        keep = self.config.block_size // 2
+        for row, sequence in enumerate(self.sequences):
+            if sequence.cached == self.config.block_size:  # no room for the new token: re-prefill the recent half
+                sequence.tokens = sequence.tokens[-keep:]
+                self._prefill(row, sequence.tokens[:-1])
+                sequence.cached = keep - 1
+        if self.sequences:
+            last = torch.tensor([[s.tokens[-1]] for s in self.sequences])
+            positions = torch.tensor([s.cached for s in self.sequences])
+            logits = self.backend(last, positions, self.cache.rows(0, len(self.sequences)))[:, -1]
+            for sequence, row in zip(self.sequences, logits, strict=True):
+                sequence.logits = row
+                sequence.cached += 1
+        return tokens
 
-
-def speculates(model: GPT, requested: bool | None = None) -> bool:
-    """Whether the app and the command line decode speculatively: as requested, else everywhere but on
-    the C++ step, where a 5-position pass costs ~2x a 1-position one and speculation gains ~1%."""
-    return requested if requested is not None else not isinstance(model, FusedGPT)
+    def _prefill(self, row: int, tokens: list[int]) -> torch.Tensor:
+        """Run `tokens` at positions 0.. in cache row `row`; returns the last position's logits (V,)."""
+        return self.backend(torch.tensor([tokens]), torch.zeros(1, dtype=torch.long), self.cache.rows(row, row + 1))[
+            0, -1
+        ]
 
 
 # --- Text in, text out ---------------------------------------------------------------------------
@@ -280,13 +215,7 @@ def clean_prompt(tokenizer: CharTokenizer, prompt: object) -> str:
         raise InputError(str(err)) from None
 
 
-class TextStep(NamedTuple):
-    chars: list[str]  # the new character of each sample
-    probs: torch.Tensor  # (num_samples, V) the model's distribution for this character, at temperature 1
-
-
-def complete(
-    model: GPT,
+def start(
     tokenizer: CharTokenizer,
     prompt: object,
     max_new_tokens: object,
@@ -295,32 +224,68 @@ def complete(
     top_k: object = None,
     top_p: object = None,
     num_samples: object = 1,
-    window: str = "fast",
-    draft: NGramDraft | None = None,
-) -> tuple[str, Iterator[TextStep]]:
-    """Check the input, then return the cleaned prompt and a stream of the new characters.
+) -> tuple[str, list[Sequence]]:
+    """Check a request and return its cleaned prompt and one Sequence per sample, or raise InputError.
 
-    Each sample is the prompt followed by exactly max_new_tokens characters. A prompt longer than the
-    context is returned whole; the model conditions on its last block_size characters. With a `draft`,
-    a single sample in the fast window is decoded speculatively (same distribution, fewer passes). Raises
-    InputError, before any generation, for input that cannot be used.
+    Sample i draws from a generator seeded with seed + i (so the first is the same text as a single
+    sample with that seed); without a seed, each is seeded at random. A prompt longer than the
+    context conditions the model with its last block_size characters.
     """
     text = clean_prompt(tokenizer, prompt)
     max_new_tokens, temperature, top_k, top_p, num_samples = check_settings(
         max_new_tokens, temperature, top_k, top_p, num_samples
     )
     seed = None if seed is None else _whole_number("the seed", seed, 0, MAX_SEED)
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
-    idx = torch.tensor([tokenizer.encode(text or EMPTY_PROMPT_CONTEXT)]).repeat(num_samples, 1)
-    if draft is not None and num_samples == 1 and window == "fast":
-        steps = stream_speculative(model, idx, max_new_tokens, draft, temperature, top_k, top_p, generator)
-    else:
-        steps = stream(model, idx, max_new_tokens, temperature, top_k, top_p, generator, window)
-    return text, (TextStep([tokenizer.vocab[t] for t in step.tokens.tolist()], step.probs) for step in steps)
+    ids = tokenizer.encode(text or EMPTY_PROMPT_CONTEXT)
+    sequences = []
+    for i in range(num_samples):
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(seed + i)
+        sequences.append(Sequence(list(ids), max_new_tokens, temperature, top_k, top_p, generator))
+    return text, sequences
+
+
+def decode(backend: Backend, sequences: list[Sequence]) -> Iterator[list[Token]]:
+    """Run sequences to the end, side by side, here and now: one list of new tokens per step."""
+    decoder = Decoder(backend, len(sequences))
+    for sequence in sequences:
+        decoder.add(sequence)
+    while decoder.sequences:
+        yield decoder.step()
+
+
+class TextStep(NamedTuple):
+    chars: list[str]  # the new character of each sample
+    probs: torch.Tensor  # (num_samples, V) the model's distribution for this character, at temperature 1
+
+
+def complete(
+    backend: Backend,
+    tokenizer: CharTokenizer,
+    prompt: object,
+    max_new_tokens: object,
+    temperature: object = 0.8,
+    seed: object = None,
+    top_k: object = None,
+    top_p: object = None,
+    num_samples: object = 1,
+) -> tuple[str, Iterator[TextStep]]:
+    """Check the input (see `start`), then return the cleaned prompt and a stream of the new characters.
+
+    Each sample is the prompt followed by exactly max_new_tokens characters. Raises InputError, before
+    any generation, for input that cannot be used.
+    """
+    text, sequences = start(tokenizer, prompt, max_new_tokens, temperature, seed, top_k, top_p, num_samples)
+
+    def steps() -> Iterator[TextStep]:
+        for new in decode(backend, sequences):
+            new.sort(key=lambda t: sequences.index(t.sequence))
+            yield TextStep([tokenizer.vocab[t.token] for t in new], torch.stack([t.probs for t in new]))
+
+    return text, steps()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -332,25 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-p", type=float, default=None, help="sample only from the likeliest characters whose "
                         "probabilities add up to p (nucleus sampling)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=None, help="fix the sampling for repeatable output")
-    parser.add_argument("--num-samples", type=int, default=1, help="independent continuations, sampled as a batch")
-    parser.add_argument("--window", choices=WINDOWS, default="fast", help="past the context window (see module doc)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="inference precision")
-    parser.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True,
-                        help="float32: one C++ call per decoding step (tinygpt.fused; built on first use)")  # fmt: skip
-    parser.add_argument("--speculative", action=argparse.BooleanOptionalAction, default=None,
-                        help="check several drafted characters per pass (one sample, fast window; "
-                        "default: on without --fused, where it gains little)")  # fmt: skip
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="corpus whose training split drafts characters")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent continuations, sampled as a batch "
+                        "(sample i uses seed + i)")  # fmt: skip
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how forward passes run: auto (the C++ "
+                        "step where it builds, else torch), torch (float32), int8 (int8 weights), cpp (C++ step, "
+                        "float32; built on first use)")  # fmt: skip
     parser.add_argument("--model", "--weights", dest="weights", default=str(WEIGHTS_DIR),
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        model = for_inference(load_model(args.weights), args.precision, args.fused)
-        tokenizer = CharTokenizer(model.config.vocab)
-        draft = NGramDraft.from_corpus(args.data, tokenizer) if speculates(model, args.speculative) else None
+        backend = load_backend(load_model(args.weights), args.backend)
+        tokenizer = CharTokenizer(backend.model.config.vocab)
         prompt, steps = complete(
-            model, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
-            args.seed, args.top_k, args.top_p, args.num_samples, args.window, draft,
+            backend, tokenizer, args.prompt, args.max_new_tokens, args.temperature,
+            args.seed, args.top_k, args.top_p, args.num_samples,
         )  # fmt: skip
         if args.num_samples == 1:  # print as it goes
             sys.stdout.write(prompt)
@@ -363,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
             for step in steps:
                 texts = [text + char for text, char in zip(texts, step.chars, strict=True)]
             sys.stdout.write("\n".join(f"--- sample {i + 1}\n{text}" for i, text in enumerate(texts)) + "\n")
-    except (InputError, WeightsError) as err:
+    except (ValueError, RuntimeError) as err:  # bad input or weights, a backend this model cannot use, no C++ build
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -5,8 +5,9 @@
     python app.py --model USER/NAME                   # any --model option also takes a Hub repo
     python -m tinygpt.hub space USER/NAME             # deploy the demo as a Space (tinygpt.space)
 
-GPT is a huggingface_hub PyTorchModelHubMixin, so GPT.from_pretrained, save_pretrained and
-push_to_hub work too. Nothing here runs unless asked: by default everything reads local files only.
+TinyGPT is the model with huggingface_hub's PyTorchModelHubMixin, so TinyGPT.from_pretrained,
+save_pretrained and push_to_hub work too. Nothing here runs unless asked: by default everything
+reads local files only.
 """
 
 from __future__ import annotations
@@ -14,83 +15,30 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from tinygpt.config import GPTConfig
-from tinygpt.data import DEFAULT_DATA
+from huggingface_hub import PyTorchModelHubMixin
 
-# What a weights folder shares; the resumable training checkpoint stays local.
-SHARED_FILES = ["model.safetensors", "config.json", "README.md", "train_log.jsonl", "loss_curve.png"]
-DATASET = "karpathy/tiny_shakespeare"
-LIBRARY_NAME = "tinygpt"
-
-
-def card_metadata() -> dict:
-    """The model card's metadata, also given to PyTorchModelHubMixin by tinygpt.model.GPT.
-
-    A new dict each time: the mixin appends its own tags to the list it is given.
-    """
-    tags = ["text-generation", "character-level", "shakespeare", "pytorch"]
-    return dict(library_name=LIBRARY_NAME, license="mit", pipeline_tag="text-generation", tags=tags)
+from tinygpt import space
+from tinygpt.card import card_metadata
+from tinygpt.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model, save_model
+from tinygpt.model import GPT
 
 
-def is_model_card(text: str) -> bool:
-    """Whether a README.md is a card this module wrote (and so may be rewritten)."""
-    return text.startswith("---\n") and f"library_name: {LIBRARY_NAME}\n" in text
+class TinyGPT(GPT, PyTorchModelHubMixin, **card_metadata()):
+    """GPT with Hugging Face's save_pretrained(DIR), TinyGPT.from_pretrained(DIR or USER/NAME) and
+    push_to_hub(USER/NAME). The two hooks route them through tinygpt.checkpoint: atomic writes of
+    model.safetensors, config.json (the flat GPTConfig) and the model card on save; every file
+    checked on load."""
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_model(self, save_directory)
 
-def model_card(config: GPTConfig, results: dict | None = None) -> str:
-    """The README.md of a weights folder: Hub metadata (YAML front matter) and a short description.
-
-    `results` is a training summary: val_loss and bpc (tinygpt.evaluate), and optionally data (the
-    corpus file's name), params, steps, elapsed_s and hardware.
-    """
-    from huggingface_hub import EvalResult, ModelCardData
-
-    results = results or {}
-    shakespeare = results.get("data", DEFAULT_DATA.name) == DEFAULT_DATA.name
-    corpus = "Tiny Shakespeare" if shakespeare else f"`{results['data']}`"
-    evals = None
-    if "val_loss" in results:
-        evals = [
-            EvalResult(
-                task_type="text-generation",
-                dataset_type=DATASET if shakespeare else "text",
-                dataset_name=corpus.strip("`"),
-                dataset_split="validation",
-                metric_type="loss",
-                metric_value=results["val_loss"],
-                metric_name="validation loss (nats per character)",
-            )
-        ]
-    data = ModelCardData(**card_metadata(), datasets=[DATASET] if shakespeare else None, model_name="Tiny_GPT",
-                         eval_results=evals)  # fmt: skip
-    c = config
-    lines = [
-        "---", data.to_yaml(), "---", "",
-        "# Tiny_GPT", "",
-        f"A character-level GPT ({c.n_layer} layers, {c.n_head} heads, width {c.n_embd}, context {c.block_size}, "
-        f"{len(c.vocab)}-character vocabulary) trained from scratch on {corpus}. Give it the start of some text "
-        "and it writes the next characters, one at a time.", "",
-        "```python",
-        "from tinygpt.model import GPT  # from the Tiny_GPT repository",
-        "",
-        'model = GPT.from_pretrained("USER/NAME")  # this repo, or a local folder',
-        "```", "",
-        "or `python app.py --model USER/NAME` for the Gradio demo. The weights are `model.safetensors`; "
-        "`config.json` holds every hyperparameter and the vocabulary.", "",
-    ]  # fmt: skip
-    if evals:
-        lines += ["## Results", ""]
-        lines += [f"- validation loss: {results['val_loss']} nats per character ({results['bpc']} bits per "
-                  "character) on the last 10% of the corpus, from `python -m tinygpt.evaluate`"]  # fmt: skip
-        if "params" in results:
-            lines += [f"- parameters: {results['params']:,}"]
-        if "steps" in results:
-            where = f" on {results['hardware']}" if "hardware" in results else ""
-            lines += [f"- training: {results['steps']} steps of {c.batch_size * c.grad_accum} x {c.block_size} "
-                      f"characters, {c.dtype}, {results.get('elapsed_s', 0):.0f} s{where}"]  # fmt: skip
-        lines += [""]
-    return "\n".join(lines)
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **options: Any) -> TinyGPT:
+        hub_options = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+        options = {k: options[k] for k in hub_options if k in options}
+        return load_model(model_id, map_location, model_class=cls, **options)
 
 
 def push(weights_dir: str | Path, repo_id: str, private: bool = False) -> str:
@@ -99,8 +47,6 @@ def push(weights_dir: str | Path, repo_id: str, private: bool = False) -> str:
     The folder is loaded first, so broken weights are never published.
     """
     from huggingface_hub import HfApi
-
-    from tinygpt.checkpoint import load_model  # imported here: checkpoint imports this module
 
     load_model(weights_dir)  # raises WeightsError naming the problem
     api = HfApi()
@@ -111,9 +57,6 @@ def push(weights_dir: str | Path, repo_id: str, private: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinygpt import space  # imported here, as in push: it imports checkpoint, which imports this module
-    from tinygpt.checkpoint import WEIGHTS_DIR
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     push_cmd = commands.add_parser("push", help="upload a weights folder (needs `hf auth login` or HF_TOKEN)")

@@ -1,39 +1,45 @@
 """The GPT of the seed's steps 8-12: attention heads, feed-forward, blocks, and the model.
 
 Read top to bottom: KVCache -> MultiHeadAttention (steps 8 and 9) -> FeedForward (10)
--> Block (11) -> GPT (12) with its `generate`. Cached, fast generation lives in `tinygpt.generate`.
+-> Block (11) -> GPT (12) with its `generate`, the seed's loop kept as the reference. Cached,
+batched generation (`tinygpt.generate`) passes a KVCache and each sequence's position to `forward`.
+This module imports only torch and the package's two leaves, config and sampling; loading, saving
+and the Hugging Face Hub sit above it (`tinygpt.checkpoint`, `tinygpt.hub`).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import PyTorchModelHubMixin
 
 from tinygpt.config import GPTConfig
-from tinygpt.hub import card_metadata
 from tinygpt.sampling import sample_next
 
 
-class KVCache(nn.Module):
-    """Keys and values of the tokens seen so far, so each new token costs one position, not T."""
+class KVCache:
+    """Keys and values of the tokens seen so far, for `rows` sequences side by side, so each new token
+    costs one position, not T. k and v are (n_layer, rows, n_head, block_size, head_size); row b of
+    the batch passed to GPT.forward reads and writes row b here. `rows(a, b)` is a view of some rows.
+    """
 
-    def __init__(self, batch_size: int, n_head: int, max_len: int, head_size: int) -> None:
-        super().__init__()
-        shape = (batch_size, n_head, max_len, head_size)
-        self.register_buffer("k", torch.zeros(shape), persistent=False)
-        self.register_buffer("v", torch.zeros(shape), persistent=False)
+    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.k, self.v = k, v
 
-    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v at positions pos.. and return everything cached up to them."""
-        end = pos + k.size(2)
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    @classmethod
+    def empty(cls, config: GPTConfig, rows: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> KVCache:
+        shape = (config.n_layer, rows, config.n_head, config.block_size, config.head_size)
+        # Zeros, not garbage: a masked position still multiplies its value by 0, and 0 * NaN is NaN.
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        return KVCache(self.k[:, start:stop], self.v[:, start:stop])
+
+    def copy_row(self, source: int, target: int) -> None:
+        self.k[:, target] = self.k[:, source]
+        self.v[:, target] = self.v[:, source]
 
 
 class MultiHeadAttention(nn.Module):
@@ -51,21 +57,23 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cached: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        """x (B, T, N). With `cached` = (keys, values, positions, mask): the new keys and values go into
+        this layer's cache (B, n_head, block_size, head_size) at positions (B, T), and each token
+        attends to its sequence's cached positions that `mask` (B, 1, T, S) allows."""
         B, T, N = x.shape
         # (B, T, 3N) -> three (B, n_head, T, head_size)
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, N // self.n_head).permute(2, 0, 3, 1, 4)
-        mask = None
-        if input_pos is not None:
-            if self.kv_cache is None:
-                raise RuntimeError("call GPT.setup_cache() before decoding with input_pos")
-            k, v = self.kv_cache.update(input_pos, k, v)
-            if T > 1 and input_pos > 0:  # several new tokens: each sees the cache and the new ones before it
-                mask = torch.ones(T, input_pos + T, dtype=torch.bool, device=x.device).tril(diagonal=input_pos)
-        # A single new token may look at every cached position, so it needs no mask.
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None)
+        if cached is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            keys, values, positions, mask = cached
+            rows = torch.arange(B, device=x.device)[:, None]
+            keys[rows, :, positions] = k.transpose(1, 2)  # (B, T, n_head, head_size) into each row's slots
+            values[rows, :, positions] = v.transpose(1, 2)
+            S = mask.size(-1)
+            y = F.scaled_dot_product_attention(q, keys[:, :, :S], values[:, :, :S], attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, N)
         return self.dropout(self.proj(y))
 
@@ -96,17 +104,17 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.ffwd = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, input_pos: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), input_pos)
+    def forward(self, x: torch.Tensor, cached: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cached)
         x = x + self.ffwd(self.ln2(x))
         return x
 
 
-class GPT(nn.Module, PyTorchModelHubMixin, **card_metadata()):
+class GPT(nn.Module):
     """Token + position embeddings, L blocks, a final LayerNorm and a linear map to the vocabulary.
 
-    Hugging Face's mixin adds save_pretrained(DIR), GPT.from_pretrained(DIR or USER/NAME) and
-    push_to_hub(USER/NAME); the two hooks at the end route them through tinygpt.checkpoint.
+    `tinygpt.hub.TinyGPT` is this model with Hugging Face's from_pretrained, save_pretrained and
+    push_to_hub.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -142,36 +150,36 @@ class GPT(nn.Module, PyTorchModelHubMixin, **card_metadata()):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        input_pos: int | None = None,
+        cache: KVCache | None = None,
+        input_pos: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, C), and the mean cross-entropy if targets are given.
 
-        With `input_pos` (after `setup_cache`) idx holds the tokens at positions input_pos.., and
-        attention also sees the cached keys and values of the positions before them.
+        With a `cache` of B rows, row b of idx holds the tokens at positions input_pos[b]..: their
+        keys and values are stored in the cache's row b, and each also attends to the positions
+        before it there. Rows may be at different positions (sequences of different lengths).
         """
-        T = idx.size(1)
-        start = input_pos or 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.dropout(self.token_embedding(idx) + self.position_embedding(pos))
-        for block in self.blocks:
-            x = block(x, input_pos)
+        B, T = idx.shape
+        steps = torch.arange(T, device=idx.device)
+        positions = steps.expand(B, T) if cache is None else input_pos.to(idx.device)[:, None] + steps
+        cached = None
+        end = T if cache is None else int(positions.max()) + 1
+        if end > self.config.block_size:
+            raise ValueError(f"sequence of {end} exceeds block_size {self.config.block_size}")
+        x = self.dropout(self.token_embedding(idx) + self.position_embedding(positions))
+        if cache is not None:
+            # Each token sees its own sequence's positions up to its own; the rest of the rows
+            # (unused, or left by an earlier sequence) are masked out.
+            mask = torch.arange(end, device=idx.device) <= positions[:, None, :, None]  # (B, 1, T, end)
+        for layer, block in enumerate(self.blocks):
+            if cache is not None:
+                cached = (cache.k[layer], cache.v[layer], positions, mask)
+            x = block(x, cached)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
         return logits, loss
-
-    def setup_cache(self, batch_size: int = 1) -> None:
-        """Give every attention layer a KV cache as long as the context (kept if it already fits)."""
-        c = self.config
-        weight = self.token_embedding.weight  # the cache lives where, and in the precision, the model does
-        for block in self.blocks:
-            cache = block.attn.kv_cache
-            if cache is None or cache.k.size(0) != batch_size or cache.k.dtype != weight.dtype:
-                cache = KVCache(batch_size, c.n_head, c.block_size, c.head_size)
-                block.attn.kv_cache = cache.to(device=weight.device, dtype=weight.dtype)
 
     @torch.no_grad()
     def generate(
@@ -186,8 +194,8 @@ class GPT(nn.Module, PyTorchModelHubMixin, **card_metadata()):
         """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens).
 
         The seed's generate, kept as the reference: every step runs the whole context (cropped to
-        the last block_size tokens) through the model. `tinygpt.generate.stream` gives the same
-        tokens with a KV cache, much faster.
+        the last block_size tokens) through the model. `tinygpt.generate` gives the same tokens
+        with a KV cache, much faster.
         """
         for _ in range(max_new_tokens):
             logits, _ = self(idx[:, -self.config.block_size :])
@@ -204,20 +212,3 @@ class GPT(nn.Module, PyTorchModelHubMixin, **card_metadata()):
             {"params": no_decay, "weight_decay": 0.0},
         ]
         return torch.optim.AdamW(groups, lr=c.learning_rate, betas=(c.beta1, c.beta2))
-
-    # PyTorchModelHubMixin hooks: atomic writes of model.safetensors, config.json (the flat GPTConfig)
-    # and the model card on save; every file checked on load. (Imported here: checkpoint imports GPT.)
-    def _save_pretrained(self, save_directory: Path) -> None:
-        from tinygpt.checkpoint import save_model
-
-        save_model(self, save_directory)
-
-    @classmethod
-    def _from_pretrained(cls, *, model_id: str, map_location: str = "cpu", **options: object) -> GPT:
-        from tinygpt.checkpoint import load_model
-
-        hub_options = ("revision", "cache_dir", "force_download", "local_files_only", "token")
-        return load_model(model_id, map_location, **{k: options[k] for k in hub_options if k in options})
-
-
-TinyGPT = GPT  # an alias that reads well in Hub snippets: TinyGPT.from_pretrained("USER/NAME")

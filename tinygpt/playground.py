@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from tinygpt.backends import TorchBackend
 from tinygpt.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
 from tinygpt.config import GPTConfig, budget_recipe
 from tinygpt.data import split
@@ -124,7 +125,7 @@ def sample(model: GPT, n: int = SAMPLE_CHARS) -> str:
     """What the model writes from the start of a line, at temperature 0.8."""
     was_training = model.training
     model.eval()
-    _, steps = complete(model, CharTokenizer(model.config.vocab), "", n, 0.8, SAMPLE_SEED)
+    _, steps = complete(TorchBackend(model), CharTokenizer(model.config.vocab), "", n, 0.8, SAMPLE_SEED)
     text = "".join(step.chars[0] for step in steps)
     model.train(was_training)
     return text
@@ -337,7 +338,7 @@ class VisitorModels:
 
 def pack(folder: Path, name: str = "tinygpt-model") -> Path:
     """FOLDER/NAME.zip holding NAME/ with the weights, config and card: unzip it, then
-    `python app.py --model NAME` or GPT.from_pretrained("NAME")."""
+    `python app.py --model NAME` or tinygpt.hub.TinyGPT.from_pretrained("NAME")."""
     archive = folder / f"{name}.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zipped:
         for file in (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE):

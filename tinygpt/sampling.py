@@ -51,3 +51,26 @@ def sample_next(
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    settings: list[tuple[float, int | None, float | None]],
+    generators: list[torch.Generator | None],
+) -> list[int]:
+    """One token for each row of logits (B, C), row i with its own (temperature, top_k, top_p) and
+    generator: the token `sample_next` would draw for that row alone. Rows that share settings share
+    the arithmetic; only the draws are made one row at a time."""
+    tokens = [0] * len(settings)
+    groups: dict[tuple[float, int | None, float | None], list[int]] = {}
+    for row, setting in enumerate(settings):
+        groups.setdefault(setting, []).append(row)
+    for (temperature, top_k, top_p), rows in groups.items():
+        if temperature == 0:
+            for row, token in zip(rows, logits[rows].argmax(dim=-1).tolist(), strict=True):
+                tokens[row] = token
+            continue
+        probs = sampling_probs(logits[rows], temperature, top_k, top_p)
+        for row, p in zip(rows, probs, strict=True):
+            tokens[row] = torch.multinomial(p, num_samples=1, generator=generators[row]).item()
+    return tokens

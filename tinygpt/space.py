@@ -5,7 +5,7 @@
     python -m tinygpt.hub space USER/NAME --hardware zero-gpu   # a free ZeroGPU Space instead of CPU basic
 
 The folder holds app.py, the tinygpt package (with the C++ source), the weights, the corpus (the
-speculative draft's n-grams), a README.md whose front matter configures the Space, and a
+training corpus), a README.md whose front matter configures the Space, and a
 requirements.txt. It goes up through the Hub's upload API, which stores the 19 MB weights file
 properly (a plain `git push` of it is refused). The Space image's compiler builds the C++ step; where
 it cannot, the page decodes with PyTorch, so no packages.txt is needed.
@@ -19,9 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygpt.checkpoint import WEIGHTS_DIR, load_model
+from tinygpt.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model
 from tinygpt.data import DEFAULT_DATA
-from tinygpt.hub import SHARED_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements.txt"

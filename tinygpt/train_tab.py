@@ -19,10 +19,11 @@ import huggingface_hub
 import pandas as pd
 
 from tinygpt import hub
+from tinygpt.backends import TorchBackend
 from tinygpt.checkpoint import load_model
 from tinygpt.config import GPTConfig
 from tinygpt.data import DEFAULT_DATA, load_text
-from tinygpt.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete, for_inference
+from tinygpt.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete
 from tinygpt.playground import (
     MAX_MINUTES,
     MAX_UPLOAD_BYTES,
@@ -119,7 +120,7 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
             summary = event["summary"]
             if models.jobs.get(session) is not job:  # the page was closed meanwhile (unload dropped the job)
                 return
-            models.keep(session, VisitorModel(folder, for_inference(load_model(folder), fused=True), summary))
+            models.keep(session, VisitorModel(folder, load_model(folder).eval(), summary))
             how = "stopped" if summary.get("stopped") else "trained"
             fraction, line = 1.0, (f"{how}: {summary['steps']} steps in {clock(summary['elapsed_s'])}, "
                                    f"validation loss {summary['val_loss']:.4f}")  # fmt: skip
@@ -147,7 +148,7 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
             raise no_model_error()
         tokenizer = CharTokenizer(visitor.model.config.vocab)
         try:
-            text, steps = complete(visitor.model, tokenizer, prompt, max_new_tokens, temperature)
+            text, steps = complete(TorchBackend(visitor.model), tokenizer, prompt, max_new_tokens, temperature)
         except InputError as err:
             raise gr.Error(str(err), print_exception=False) from None
         sent = time.perf_counter()

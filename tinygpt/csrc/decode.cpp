@@ -1,9 +1,9 @@
-// One cached forward pass of tinygpt's GPT for one sequence and a few new tokens, in a single call.
+// A cached forward pass of tinygpt's GPT over a few new tokens of B sequences, in a single call.
 //
-// Why: at batch 1 a pass is ~150 tiny PyTorch operations, and their dispatch costs more than the
-// arithmetic. Here the same pass (embeddings -> L pre-LayerNorm blocks -> final LayerNorm -> head)
-// is plain loops over float32 weights, reading and writing the model's own KV cache tensors.
-// tinygpt/fused.py builds this file on first use and checks it against the PyTorch model.
+// Why: at small batches a pass is ~150 tiny PyTorch operations, and their dispatch costs more than
+// the arithmetic. Here the same pass (embeddings -> L pre-LayerNorm blocks -> final LayerNorm ->
+// head) is plain loops over float32 weights, found by their state_dict names, reading and writing
+// the caller's KV cache. tinygpt/backends.py builds this file and checks it against PyTorch.
 
 #include <torch/extension.h>
 
@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace {
@@ -46,11 +48,19 @@ void panel_rows(const float* __restrict x, int64_t in, const float* __restrict p
 
 constexpr int64_t kRows = 5;  // rows computed together
 
+// Up to this many rows a step reads more weight bytes than it does arithmetic: its panels (and its
+// attention) are split between the threads. Larger batches are compute-bound and run on the calling
+// thread alone, leaving the other cores to the web server that feeds them, without a fork and join
+// of the thread pool for every layer.
+constexpr int64_t kParallelRows = 4;
+
+int64_t grain(int64_t rows, int64_t tasks) { return rows <= kParallelRows ? 1 : tasks; }
+
 // y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). Panels are
 // shared out between threads; within one, the loop runs along its outputs, accumulating in registers.
 void linear(const float* x, int64_t rows, int64_t in, const float* panels, const float* b, int64_t out, float* y) {
   const int64_t blocks = (out + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, blocks, grain(rows, blocks), [&](int64_t first, int64_t last) {
     for (int64_t block = first; block < last; ++block) {
       const float* panel = panels + block * in * kBlock;
       const int64_t j0 = block * kBlock, width = std::min(kBlock, out - j0);
@@ -85,92 +95,111 @@ const float* data(const torch::Tensor& t) { return t.data_ptr<float>(); }
 
 }  // namespace
 
-// The model's float32 tensors, in the order tinygpt/fused.py passes them, and its KV caches.
+// The model's float32 weights, taken from its state_dict by name, the matrices rearranged as panels.
 class Decoder {
  public:
-  Decoder(std::vector<torch::Tensor> weights, int64_t n_head) : weights_(std::move(weights)), n_head_(n_head) {
-    TORCH_CHECK(weights_.size() >= 6 && (weights_.size() - 6) % 11 == 0, "unexpected number of weights");
-    for (const auto& t : weights_)
-      TORCH_CHECK(t.is_contiguous() && t.scalar_type() == torch::kFloat, "weights must be contiguous float32");
-    n_layer_ = static_cast<int64_t>(weights_.size() - 6) / 11;
-    vocab_ = weights_[0].size(0);
-    n_embd_ = weights_[0].size(1);
-    block_size_ = weights_[1].size(0);
-    TORCH_CHECK(n_embd_ % n_head_ == 0, "n_embd must be divisible by n_head");
-    auto to_panel = [&](int64_t i) { weights_[i] = to_panels(weights_[i]); };  // `linear` reads panels
-    for (int64_t l = 0; l < n_layer_; ++l)
-      for (int64_t i : {2, 3, 7, 9}) to_panel(2 + 11 * l + i);
-    to_panel(2 + 11 * n_layer_ + 2);
+  Decoder(const std::map<std::string, torch::Tensor>& state, int64_t n_head) : n_head_(n_head) {
+    auto get = [&](const std::string& name) {
+      auto found = state.find(name);
+      TORCH_CHECK(found != state.end(), "the state_dict has no tensor named ", name);
+      TORCH_CHECK(found->second.scalar_type() == torch::kFloat, name, " must be float32");
+      return found->second.contiguous();
+    };
+    token_embedding_ = get("token_embedding.weight");
+    position_embedding_ = get("position_embedding.weight");
+    vocab_ = token_embedding_.size(0);
+    n_embd_ = token_embedding_.size(1);
+    block_size_ = position_embedding_.size(0);
+    TORCH_CHECK(n_head_ > 0 && n_embd_ % n_head_ == 0, "n_embd must be divisible by n_head");
+    for (int64_t l = 0; state.count("blocks." + std::to_string(l) + ".ln1.weight"); ++l) {
+      const std::string p = "blocks." + std::to_string(l) + ".";
+      layers_.push_back({get(p + "ln1.weight"), get(p + "ln1.bias"), to_panels(get(p + "attn.qkv.weight")),
+                         to_panels(get(p + "attn.proj.weight")), get(p + "attn.proj.bias"), get(p + "ln2.weight"),
+                         get(p + "ln2.bias"), to_panels(get(p + "ffwd.net.0.weight")), get(p + "ffwd.net.0.bias"),
+                         to_panels(get(p + "ffwd.net.2.weight")), get(p + "ffwd.net.2.bias")});
+    }
+    ln_f_weight_ = get("ln_f.weight");
+    ln_f_bias_ = get("ln_f.bias");
+    lm_head_ = to_panels(get("lm_head.weight"));
+    lm_head_bias_ = get("lm_head.bias");
   }
 
-  // Each layer's key and value cache, (1, n_head, block_size, head_size): read and written in place.
-  void use_cache(std::vector<torch::Tensor> keys, std::vector<torch::Tensor> values) {
-    TORCH_CHECK(static_cast<int64_t>(keys.size()) == n_layer_ && values.size() == keys.size(), "one cache per layer");
-    for (const auto* caches : {&keys, &values})
-      for (const auto& t : *caches)
-        TORCH_CHECK(t.is_contiguous() && t.scalar_type() == torch::kFloat && t.dim() == 4 && t.size(0) == 1 &&
-                        t.size(1) == n_head_ && t.size(2) == block_size_ && t.size(3) == n_embd_ / n_head_,
-                    "caches must be contiguous float32 (1, n_head, block_size, head_size)");
-    keys_ = std::move(keys);
-    values_ = std::move(values);
-  }
-
-  // tokens (K,) int64 at positions pos..pos+K-1 -> logits (K, vocab).
-  torch::Tensor step(const torch::Tensor& tokens, int64_t pos) {
-    const int64_t K = tokens.size(0), N = n_embd_;
-    TORCH_CHECK(!keys_.empty(), "call use_cache first");
-    TORCH_CHECK(tokens.dim() == 1 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(), "tokens: (K,) int64");
-    TORCH_CHECK(pos >= 0 && pos + K <= block_size_, "positions past the context window");
+  // tokens (B, T) int64, row b at positions positions[b]..positions[b]+T-1; keys and values
+  // (n_layer, B, n_head, block_size, head_size), row b the cache of sequence b, each (n_head,
+  // block_size, head_size) block contiguous: the new keys and values are written there. -> logits (B, T, vocab).
+  torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions, torch::Tensor keys,
+                     torch::Tensor values) {
+    TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(),
+                "tokens: (B, T) int64");
+    const int64_t B = tokens.size(0), T = tokens.size(1), K = B * T, N = n_embd_, L = layers_.size();
+    TORCH_CHECK(positions.dim() == 1 && positions.size(0) == B && positions.scalar_type() == torch::kLong &&
+                    positions.is_contiguous(), "positions: (B,) int64");
+    for (const auto* cache : {&keys, &values})
+      TORCH_CHECK(cache->scalar_type() == torch::kFloat && cache->dim() == 5 && cache->size(0) == L &&
+                      cache->size(1) == B && cache->size(2) == n_head_ && cache->size(3) == block_size_ &&
+                      cache->size(4) == N / n_head_ && cache->stride(4) == 1 && cache->stride(3) == N / n_head_ &&
+                      cache->stride(2) == block_size_ * N / n_head_,
+                  "caches must be float32 (n_layer, B, n_head, block_size, head_size), each row's block contiguous");
     const int64_t* ids = tokens.data_ptr<int64_t>();
+    const int64_t* pos = positions.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) TORCH_CHECK(pos[b] >= 0 && pos[b] + T <= block_size_, "positions past the context window");
     for (int64_t m = 0; m < K; ++m) TORCH_CHECK(ids[m] >= 0 && ids[m] < vocab_, "token id out of range");
     std::vector<float> x(K * N), h(K * N), qkv(K * 3 * N), att(K * N), ff(K * 4 * N);
 
-    const float* token_embedding = data(weights_[0]);
-    const float* position_embedding = data(weights_[1]);
+    const float* token_embedding = data(token_embedding_);
+    const float* position_embedding = data(position_embedding_);
     for (int64_t m = 0; m < K; ++m)
       for (int64_t i = 0; i < N; ++i)
-        x[m * N + i] = token_embedding[ids[m] * N + i] + position_embedding[(pos + m) * N + i];
+        x[m * N + i] = token_embedding[ids[m] * N + i] + position_embedding[(pos[m / T] + m % T) * N + i];
 
-    for (int64_t l = 0; l < n_layer_; ++l) {
-      const torch::Tensor* w = &weights_[2 + 11 * l];  // ln1 (2), qkv, proj (2), ln2 (2), fc1 (2), fc2 (2)
-      layer_norm(x.data(), K, N, data(w[0]), data(w[1]), h.data());
-      linear(h.data(), K, N, data(w[2]), nullptr, 3 * N, qkv.data());
-      attend(l, qkv.data(), K, pos, att.data());
-      linear(att.data(), K, N, data(w[3]), data(w[4]), N, h.data());
+    for (int64_t l = 0; l < L; ++l) {
+      const Layer& w = layers_[l];
+      layer_norm(x.data(), K, N, data(w.ln1_weight), data(w.ln1_bias), h.data());
+      linear(h.data(), K, N, data(w.qkv), nullptr, 3 * N, qkv.data());
+      attend(qkv.data(), B, T, pos, keys[l], values[l], att.data());
+      linear(att.data(), K, N, data(w.proj), data(w.proj_bias), N, h.data());
       for (int64_t i = 0; i < K * N; ++i) x[i] += h[i];
 
-      layer_norm(x.data(), K, N, data(w[5]), data(w[6]), h.data());
-      linear(h.data(), K, N, data(w[7]), data(w[8]), 4 * N, ff.data());
+      layer_norm(x.data(), K, N, data(w.ln2_weight), data(w.ln2_bias), h.data());
+      linear(h.data(), K, N, data(w.fc1), data(w.fc1_bias), 4 * N, ff.data());
       for (auto& v : ff) v = std::max(v, 0.f);
-      linear(ff.data(), K, 4 * N, data(w[9]), data(w[10]), N, h.data());
+      linear(ff.data(), K, 4 * N, data(w.fc2), data(w.fc2_bias), N, h.data());
       for (int64_t i = 0; i < K * N; ++i) x[i] += h[i];
     }
-    const torch::Tensor* head = &weights_[2 + 11 * n_layer_];  // ln_f (2), lm_head (2)
-    layer_norm(x.data(), K, N, data(head[0]), data(head[1]), h.data());
-    torch::Tensor logits = torch::empty({K, vocab_}, torch::kFloat);
-    linear(h.data(), K, N, data(head[2]), data(head[3]), vocab_, logits.data_ptr<float>());
+    layer_norm(x.data(), K, N, data(ln_f_weight_), data(ln_f_bias_), h.data());
+    torch::Tensor logits = torch::empty({B, T, vocab_}, torch::kFloat);
+    linear(h.data(), K, N, data(lm_head_), data(lm_head_bias_), vocab_, logits.data_ptr<float>());
     return logits;
   }
 
  private:
-  // Store the new keys and values, then each new token attends to every cached position up to its own.
-  void attend(int64_t layer, const float* qkv, int64_t K, int64_t pos, float* out) {
-    const int64_t N = n_embd_, H = n_head_, D = N / H;
-    float* keys = keys_[layer].data_ptr<float>();  // (1, H, block_size, D)
-    float* values = values_[layer].data_ptr<float>();
-    for (int64_t m = 0; m < K; ++m)
+  struct Layer {
+    torch::Tensor ln1_weight, ln1_bias, qkv, proj, proj_bias, ln2_weight, ln2_bias, fc1, fc1_bias, fc2, fc2_bias;
+  };
+
+  // Store the new keys and values in each sequence's cache row, then each new token attends to its
+  // sequence's cached positions up to its own. keys, values: (B, n_head, block_size, head_size).
+  void attend(const float* qkv, int64_t B, int64_t T, const int64_t* pos, torch::Tensor keys, torch::Tensor values,
+              float* out) {
+    const int64_t N = n_embd_, H = n_head_, D = N / H, S = block_size_;
+    float* key_base = keys.data_ptr<float>();
+    float* value_base = values.data_ptr<float>();
+    const int64_t row_stride = keys.stride(0), value_row_stride = values.stride(0);
+    for (int64_t m = 0; m < B * T; ++m) {
+      const int64_t b = m / T, p = pos[b] + m % T;
       for (int64_t hd = 0; hd < H; ++hd) {
-        std::copy_n(qkv + m * 3 * N + N + hd * D, D, keys + (hd * block_size_ + pos + m) * D);
-        std::copy_n(qkv + m * 3 * N + 2 * N + hd * D, D, values + (hd * block_size_ + pos + m) * D);
+        std::copy_n(qkv + m * 3 * N + N + hd * D, D, key_base + b * row_stride + (hd * S + p) * D);
+        std::copy_n(qkv + m * 3 * N + 2 * N + hd * D, D, value_base + b * value_row_stride + (hd * S + p) * D);
       }
+    }
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
-    at::parallel_for(0, K * H, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(pos + K);
+    at::parallel_for(0, B * T * H, grain(B * T, B * T * H), [&](int64_t begin, int64_t end) {
+      std::vector<float> scores(S);
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t m = task / H, hd = task % H, seen = pos + m + 1;
+        const int64_t m = task / H, hd = task % H, b = m / T, seen = pos[b] + m % T + 1;
         const float* q = qkv + m * 3 * N + hd * D;
-        const float* k = keys + hd * block_size_ * D;
-        const float* v = values + hd * block_size_ * D;
+        const float* k = key_base + b * row_stride + hd * S * D;
+        const float* v = value_base + b * value_row_stride + hd * S * D;
         float top = -INFINITY;
         for (int64_t t = 0; t < seen; ++t) {
           float dot = 0.f;
@@ -192,13 +221,15 @@ class Decoder {
     });
   }
 
-  std::vector<torch::Tensor> weights_, keys_, values_;
-  int64_t n_layer_, n_head_, n_embd_, vocab_, block_size_;
+  torch::Tensor token_embedding_, position_embedding_, ln_f_weight_, ln_f_bias_, lm_head_, lm_head_bias_;
+  std::vector<Layer> layers_;
+  int64_t n_head_, n_embd_, vocab_, block_size_;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Decoder>(m, "Decoder")
-      .def(pybind11::init<std::vector<torch::Tensor>, int64_t>())
-      .def("use_cache", &Decoder::use_cache, "each layer's key and value cache tensors")
-      .def("step", &Decoder::step, "tokens (K,) at positions pos.. -> logits (K, vocab)");
+      .def(pybind11::init<const std::map<std::string, torch::Tensor>&, int64_t>(), "a state_dict and n_head")
+      // Without the GIL: the page's server threads keep running while a step computes.
+      .def("step", &Decoder::step, pybind11::call_guard<pybind11::gil_scoped_release>(),
+           "tokens (B, T) at positions (B,) onwards, caches -> logits (B, T, vocab)");
 }

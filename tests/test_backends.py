@@ -1,0 +1,172 @@
+"""The backends (tinygpt.backends) against the PyTorch float32 reference, and the C++ step's limits."""
+
+import os
+
+import pytest
+import torch
+
+from tinygpt import backends
+from tinygpt.backends import MAX_CPP_TOKENS, CppBackend, TorchBackend, load_backend
+from tinygpt.config import GPTConfig
+from tinygpt.generate import complete
+from tinygpt.model import GPT, KVCache
+from tinygpt.quantize import Int8Linear, quantize_int8
+from tinygpt.tokenizer import CharTokenizer
+
+
+def cpp_built() -> None:
+    """CI must have a compiler; elsewhere its absence skips the C++ tests."""
+    if backends.extension() is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C++ decode step could not be built")
+        pytest.skip("the C++ decode step could not be built here (no C++ compiler?)")
+
+
+# Widths that are not multiples of the kernel's 64-column panels exercise its padding.
+SHAPES = [
+    dict(n_layer=2, n_head=2, n_embd=32),
+    dict(n_layer=3, n_head=3, n_embd=72),
+    dict(n_layer=1, n_head=4, n_embd=128),
+]
+
+
+def model_of(tokenizer: CharTokenizer, block_size: int = 24, **shape) -> GPT:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab=tokenizer.vocab, block_size=block_size, dropout=0.0, **shape)).eval()
+    with torch.no_grad():  # far from the near-uniform initial model: logits reach ~25, so errors show
+        for p in model.parameters():
+            p.mul_(8)
+    return model
+
+
+def backend_of(name: str, model: GPT):
+    if name == "cpp":
+        cpp_built()
+        return CppBackend(model)
+    return TorchBackend(quantize_int8(model), "int8") if name == "int8" else TorchBackend(model)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", ["torch", "int8", "cpp"])
+def test_every_backend_gives_the_reference_logits_for_ragged_batches(tokenizer, shape, name):
+    """Three sequences at different positions, in steps of every size, up to the end of the window."""
+    reference = model_of(tokenizer, **shape)
+    if name == "int8":  # its reference is the int8 model recomputing everything (see the next test)
+        if shape["n_embd"] % 16:
+            with pytest.raises(ValueError, match="multiple of 16"):  # PyTorch's int8 kernel would crash
+                quantize_int8(reference)
+            return
+        reference = quantize_int8(reference)
+    backend = backend_of(name, model_of(tokenizer, **shape))
+    idx = torch.randint(reference.config.vocab_size, (3, 24), generator=torch.Generator().manual_seed(1))
+    cache = KVCache.empty(reference.config, 3)
+    with torch.inference_mode():
+        full = reference(idx)[0]
+        got = torch.zeros_like(full)
+        starts = [2, 5, 9]  # each row's prefill, then steps of the same size for all three
+        for row, start in enumerate(starts):
+            got[row, :start] = backend(idx[row : row + 1, :start], torch.tensor([0]), cache.rows(row, row + 1))[0]
+        pos = torch.tensor(starts)
+        for size in [1, 2, 4, MAX_CPP_TOKENS]:  # 15 positions: row 2 reaches the end of the window
+            rows = torch.stack([idx[r, p : p + size] for r, p in enumerate(pos.tolist())])
+            logits = backend(rows, pos, cache)
+            for r, p in enumerate(pos.tolist()):
+                got[r, p : p + size] = logits[r]
+            pos += size
+    filled = torch.arange(24) < pos[:, None]
+    # float32 rounding, relative to the logits' scale (PyTorch's own cached steps differ as much)
+    torch.testing.assert_close(got[filled], full[filled], atol=2e-5 * full.abs().max().item(), rtol=1e-5)
+
+
+def test_int8_weights_stay_close_to_float32(tiny_config):
+    torch.manual_seed(0)
+    exact = GPT(tiny_config).eval()
+    with torch.no_grad():  # logits of a few units, not the near-uniform initial ones
+        for p in exact.parameters():
+            p.mul_(3)
+    same = GPT(tiny_config)
+    same.load_state_dict(exact.state_dict())
+    quantized = quantize_int8(same)
+    idx = torch.randint(tiny_config.vocab_size, (2, tiny_config.block_size))
+    reference, approx = exact(idx)[0], quantized(idx)[0]
+    assert (reference - approx).abs().max() < 0.03 * reference.abs().max()
+    assert (reference.softmax(-1) - approx.softmax(-1)).abs().max() < 0.01
+    assert quantized.num_params() == exact.num_params()
+
+
+class CountingDecoder:
+    def __init__(self, decoder) -> None:
+        self.decoder, self.calls = decoder, 0
+
+    def step(self, *args):
+        self.calls += 1
+        return self.decoder.step(*args)
+
+
+def test_only_short_steps_take_the_cpp_path(tokenizer):
+    cpp_built()
+    backend = CppBackend(model_of(tokenizer, **SHAPES[0]))
+    backend.decoder = counting = CountingDecoder(backend.decoder)
+    idx = torch.randint(backend.model.config.vocab_size, (2, 20))
+    cache = KVCache.empty(backend.model.config, 2)
+    with torch.inference_mode():
+        backend(idx[:1], torch.tensor([0]), cache.rows(0, 1))  # a 20-token prefill: PyTorch
+        assert counting.calls == 0
+        backend(idx[:, :MAX_CPP_TOKENS], torch.tensor([0, 0]), cache)
+        backend(idx[:, :1], torch.tensor([8, 3]), cache)
+        assert counting.calls == 2
+
+
+def test_greedy_and_seeded_text_match_pytorch_past_the_window_alone_and_in_batches(tokenizer):
+    cpp_built()
+    reference = TorchBackend(model_of(tokenizer, **SHAPES[1]))
+    cpp = CppBackend(model_of(tokenizer, **SHAPES[1]))
+    for temperature, num_samples in [(0.0, 1), (1.0, 1), (1.0, 3)]:
+        texts = []
+        for backend in (reference, cpp):
+            _, steps = complete(backend, tokenizer, "ROMEO:\nWhat", 100, temperature, seed=7, num_samples=num_samples)
+            texts.append(["".join(chars) for chars in zip(*(s.chars for s in steps), strict=True)])
+        assert texts[0] == texts[1]
+
+
+def test_load_backend_picks_what_was_asked_and_auto_falls_back_to_torch(tokenizer, monkeypatch):
+    assert load_backend(model_of(tokenizer, **SHAPES[0]), "torch").name == "torch"
+    int8 = load_backend(model_of(tokenizer, **SHAPES[0]), "int8")
+    assert int8.name == "int8" and any(isinstance(m, Int8Linear) for m in int8.model.modules())
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.model.modules())
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_backend(model_of(tokenizer, **SHAPES[0]), "int4")
+    if backends.extension() is not None:
+        assert load_backend(model_of(tokenizer, **SHAPES[0]), "auto").name == "cpp"
+    monkeypatch.setattr(backends, "extension", lambda: None)
+    assert load_backend(model_of(tokenizer, **SHAPES[0]), "auto").name == "torch"
+    with pytest.raises(RuntimeError, match="could not be built"):
+        load_backend(model_of(tokenizer, **SHAPES[0]), "cpp")
+
+
+def test_the_cpp_step_refuses_what_it_cannot_compute(tokenizer):
+    cpp_built()
+    model = model_of(tokenizer, **SHAPES[0])
+    backend = CppBackend(model)
+    cache = KVCache.empty(model.config, 1)
+    with pytest.raises(RuntimeError, match="context window"):
+        backend(torch.tensor([[1, 2]]), torch.tensor([23]), cache)
+    with pytest.raises(RuntimeError, match="out of range"):
+        backend(torch.tensor([[len(tokenizer.vocab)]]), torch.tensor([0]), cache)
+    with pytest.raises(RuntimeError, match="caches must be"):
+        backend(torch.tensor([[1]]), torch.tensor([0]), KVCache(cache.k[:, :, :, :5], cache.v[:, :, :, :5]))
+    with pytest.raises(RuntimeError, match="positions"):
+        backend(torch.tensor([[1]]), torch.tensor([0, 0]), cache)
+    state = {k: v for k, v in model.state_dict().items() if k != "blocks.1.attn.proj.bias"}
+    with pytest.raises(RuntimeError, match=r"no tensor named blocks\.1\.attn\.proj\.bias"):
+        backends.extension().Decoder(state, model.config.n_head)
+
+
+def test_a_failed_build_says_so_in_one_line_and_leaves_pytorch_in_charge(monkeypatch, capsys):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler found\nmore detail")
+
+    monkeypatch.setattr("torch.utils.cpp_extension.load", no_compiler)
+    assert backends.extension.__wrapped__() is None  # the uncached function: a real build attempt
+    err = capsys.readouterr().err
+    assert "could not be built, decoding with PyTorch (no C++ compiler found)" in err and len(err.splitlines()) == 1

@@ -1,0 +1,100 @@
+"""How a forward pass over cached positions runs: the backends of the decode loop (`tinygpt.generate`).
+
+A backend does one thing: run tokens (B, T) of B sequences, row b at positions input_pos[b].., store
+their keys and values in rows 0..B-1 of a KVCache, and return the logits (B, T, vocab). The decode
+loop (prefill, steps, the context window, sampling, batching) is written once, above them.
+
+  torch - the PyTorch model in float32: the reference.
+  int8  - the PyTorch model with int8 weights (`tinygpt.quantize`): a different, slightly rounded
+          function (validation loss within 0.001); faster than float32 on PyTorch.
+  cpp   - float32, the same function as torch, each short step one C++ call (`csrc/decode.cpp`)
+          instead of ~150 PyTorch operations; long prefills stay on PyTorch, where batched matmuls
+          are faster. Compiled on first use (~40 s on 2 cores; cached by torch.utils.cpp_extension,
+          under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Fastest where it builds.
+  auto  - cpp where it can be built, else torch: the fastest way to compute the float32 model.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from tinygpt.model import GPT, KVCache
+from tinygpt.quantize import quantize_int8
+
+BACKENDS = ("auto", "torch", "int8", "cpp")
+SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
+MAX_CPP_TOKENS = 8  # new tokens per sequence per C++ step; longer inputs (prefill) run on PyTorch
+FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp"]
+
+
+class Backend(Protocol):
+    name: str
+    model: GPT
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """The PyTorch model (float32, or int8 once quantised)."""
+
+    def __init__(self, model: GPT, name: str = "torch") -> None:
+        self.model, self.name = model.eval(), name
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        return self.model(tokens, cache=cache, input_pos=input_pos)[0]
+
+
+@functools.cache
+def extension() -> object | None:
+    """The compiled C++ module, or None (and one line on stderr) where it cannot be built."""
+    if shutil.which("ninja") is None:  # pip's ninja (requirements.txt) sits beside this interpreter
+        os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    try:
+        from torch.utils.cpp_extension import load
+
+        return load("tinygpt_decode", [str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
+    except Exception as err:  # no compiler, no ninja, an unusual platform: PyTorch still works
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"tinygpt: the C++ decode step could not be built, decoding with PyTorch ({reason})", file=sys.stderr)
+        return None
+
+
+class CppBackend:
+    """Short steps (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32 weights."""
+
+    name = "cpp"
+
+    def __init__(self, model: GPT) -> None:
+        module = extension()
+        if module is None:
+            raise RuntimeError("the C++ decode step is not available (it could not be built)")
+        if model.token_embedding.weight.device.type != "cpu" or model.token_embedding.weight.dtype != torch.float32:
+            raise ValueError("the C++ decode step runs float32 weights on the CPU")
+        self.model = model.eval()
+        self.decoder = module.Decoder(dict(model.state_dict()), model.config.n_head)
+        self.prefill = TorchBackend(model)
+
+    def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if tokens.size(1) > MAX_CPP_TOKENS:
+            return self.prefill(tokens, input_pos, cache)
+        return self.decoder.step(tokens.contiguous(), input_pos.contiguous(), cache.k, cache.v)
+
+
+def load_backend(model: GPT, name: str = "auto") -> Backend:
+    """`model` (in place) behind the backend called `name` (see the module doc). Raises ValueError
+    for an unknown name, RuntimeError when "cpp" cannot be built; "auto" never fails."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {name!r}")
+    on_cpu = model.token_embedding.weight.device.type == "cpu"
+    if name == "cpp" or (name == "auto" and on_cpu and extension() is not None):
+        return CppBackend(model)
+    if name == "int8":
+        return TorchBackend(quantize_int8(model), "int8")
+    return TorchBackend(model)

@@ -1,0 +1,157 @@
+"""Continuous batching: many generations share one decode loop, as in vLLM, TGI or llama.cpp's slots.
+
+One background thread owns the model's Decoder (`tinygpt.generate`) and loops: let waiting requests
+join (each is prefilled into a free cache row), then one step, which gives every active sequence
+its next character in one batched forward pass, then hand each character to its request. A
+finished or cancelled request leaves at the next step boundary and frees its row; beyond
+`max_batch` requests wait their turn. At batch 1 a step reads every weight to make one character;
+the same reads serve all the sequences of a batch, so the machine's throughput grows with the batch
+while each person's pace slows only a little.
+
+Each sequence keeps its own sampling settings and random generator, so a seed gives the same text
+as when it runs alone (the C++ step computes every row the same way at any batch size; PyTorch's
+batched matmuls may round differently, which can flip a near-tie). The backend can be swapped while
+serving (`use`), e.g. to the C++ step once it has been compiled.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import torch
+
+from tinygpt.backends import Backend
+from tinygpt.generate import Decoder, Sequence, Token
+
+DEFAULT_MAX_BATCH = 32  # generations decoded together by default (README: Serving, for the measurement)
+
+
+class Request:
+    """One generation in the engine. The engine appends its tokens; the caller reads them with `stream`."""
+
+    def __init__(self, sequence: Sequence) -> None:
+        self.sequence = sequence
+        self.cancelled = False  # set by the reader: the engine drops the sequence at the next step
+        self.finished = False
+        self.error: BaseException | None = None
+        self._tokens: collections.deque[Token] = collections.deque()
+        self._ready = threading.Event()
+
+    def put(self, token: Token) -> None:
+        self._tokens.append(token)
+        self._ready.set()
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error, self.finished = error, True
+        self._ready.set()
+
+    def stream(self, interval: float = 0.0) -> Iterator[list[Token]]:
+        """The new tokens as they come, a list at a time, at most every `interval` seconds (the first at
+        once). Closing this iterator (or dropping it) cancels the request."""
+        try:
+            while True:
+                self._ready.wait()
+                self._ready.clear()
+                finished = self.finished  # read before draining: tokens put before `end` are then all drained
+                new = [self._tokens.popleft() for _ in range(len(self._tokens))]
+                if new:
+                    yield new
+                if finished:
+                    if self.error is not None:
+                        raise self.error
+                    if not self._tokens:
+                        return
+                if interval and new:
+                    time.sleep(interval)
+        finally:
+            self.cancelled = True
+
+
+class Engine:
+    """A decode loop on a background thread that every request shares; see the module doc."""
+
+    def __init__(self, backend: Backend, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+        self.decoder = Decoder(backend, max_batch)
+        self.max_batch = max_batch
+        self._waiting: collections.deque[Request] = collections.deque()
+        self._active: dict[Sequence, Request] = {}
+        self._next_backend: Backend | None = None
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="tinygpt-engine", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)  # stop between steps, not inside one, when the interpreter exits
+
+    @property
+    def backend(self) -> Backend:
+        return self._next_backend or self.decoder.backend
+
+    def use(self, backend: Backend) -> None:
+        """Decode with `backend` from the next step on."""
+        with self._wake:
+            self._next_backend = backend
+            self._wake.notify()
+
+    def submit(self, sequence: Sequence) -> Request:
+        """Queue a sequence; it joins the batch at the next step with a free row."""
+        request = Request(sequence)
+        with self._wake:
+            self._waiting.append(request)
+            self._wake.notify()
+        return request
+
+    def generate(self, sequence: Sequence, interval: float = 0.0) -> Iterator[list[Token]]:
+        """submit(sequence).stream(interval): the new tokens as they come; closing it cancels."""
+        return self.submit(sequence).stream(interval)
+
+    def close(self) -> None:
+        """Stop the loop after the current step; requests still running end with an error."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self._wake:
+                while not (self._waiting or self._active or self._next_backend is not None or self._closed):
+                    self._wake.wait()
+                if self._closed:
+                    for request in [*self._waiting, *self._active.values()]:
+                        request.end(RuntimeError("the engine was closed"))
+                    return
+                if self._next_backend is not None:
+                    self.decoder.backend, self._next_backend = self._next_backend, None
+                joining = []
+                while self._waiting and len(self._active) + len(joining) < self.max_batch:
+                    joining.append(self._waiting.popleft())
+            try:
+                self._step(joining)
+            except Exception as err:  # a bug or out of memory: fail these requests, keep serving others
+                print(f"tinygpt engine: a step failed ({type(err).__name__}: {err})", file=sys.stderr)
+                for request in [*joining, *self._active.values()]:
+                    request.end(err)
+                    if request.sequence in self.decoder.sequences:
+                        self.decoder.remove(request.sequence)
+                self._active.clear()
+
+    def _step(self, joining: list[Request]) -> None:
+        for request in [r for r in self._active.values() if r.cancelled]:
+            self.decoder.remove(request.sequence)
+            del self._active[request.sequence]
+        for request in joining:
+            if not request.cancelled:
+                self.decoder.add(request.sequence)
+                self._active[request.sequence] = request
+        for token in self.decoder.step():
+            request = self._active[token.sequence]
+            request.put(token)
+            if token.sequence.done:
+                request.end()
+                del self._active[token.sequence]
