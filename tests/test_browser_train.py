@@ -41,7 +41,8 @@ def test_training_in_the_page_draws_the_curve_shows_samples_and_writes(train_ser
     # Another visitor meanwhile waits in the queue, and sees their place in it.
     other = browser.new_page()
     other.goto(url)
-    other.locator("#train-text textarea").fill(words(LATIN, 3000, 7))
+    other_text = words([word.capitalize() for word in LATIN], 3000, 7)
+    other.locator("#train-text textarea").fill(other_text)
     other.get_by_role("button", name="Train", exact=True).click()
     other.wait_for_function(
         "() => /queue/i.test(document.querySelector('#train-progress')?.innerText || '')", timeout=30_000
@@ -55,7 +56,13 @@ def test_training_in_the_page_draws_the_curve_shows_samples_and_writes(train_ser
     other.wait_for_function(  # the queue moved on: the other visitor's training runs
         "() => /^step /.test(document.querySelector('#train-progress')?.innerText || '')", timeout=60_000
     )
-    other.get_by_role("button", name="Stop (keeps what was learned)").click()
+    (job,) = models.jobs.values()
+    other.close()  # leaving mid-training: the training stops and nothing is kept for the closed session
+    deadline = time.monotonic() + 60
+    while job.out_dir.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not job.out_dir.exists() and not models.jobs
+    assert not [kept for kept in models.models.values() if set(kept.model.config.vocab) == set(other_text)]
     assert "validation" in page.locator("#loss-curve").inner_text()  # the legend: both curves are drawn
     with page.expect_download() as download:
         page.locator('#trained-zip a[download="tinygpt-model.zip"]').click()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import html
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,8 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
                     sent = time.perf_counter()
                     yield update()
             summary = event["summary"]
+            if models.jobs.get(session) is not job:  # the page was closed meanwhile (unload dropped the job)
+                return
             models.keep(session, VisitorModel(folder, load_model(folder).eval(), summary))
             how = "stopped" if summary.get("stopped") else "trained"
             fraction, line = 1.0, (f"{how}: {summary['steps']} steps in {clock(summary['elapsed_s'])}, "
@@ -127,9 +130,12 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
         except (InputError, TrainingError) as err:
             raise gr.Error(str(err), print_exception=False) from None
         finally:
-            if models.jobs.get(session) is job:
+            closed = models.jobs.get(session) is not job
+            if not closed:
                 del models.jobs[session]
             job.close()
+            if closed:  # nobody is left to use what it trained
+                shutil.rmtree(folder, ignore_errors=True)
 
     def stop(request: gr.Request) -> None:
         job = models.jobs.get(request.session_hash)
