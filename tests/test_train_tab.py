@@ -189,13 +189,15 @@ def test_the_train_api_streams_and_its_model_writes_in_its_own_alphabet(train_se
 def test_each_session_writes_with_its_own_model_and_waits_its_turn(train_server):
     greek, latin = words(GREEK, 3000, 3), words(LATIN, 3000, 4)
     first, second, third = (Client(train_server[0], verbose=False) for _ in range(3))
-    job_a = first.submit(greek, 0.05, api_name="/train")
-    job_b = second.submit(latin, 0.05, api_name="/train")
-    while not job_b.done():  # one training at a time: the second starts once the first has its result
-        if job_b.outputs():  # so the first's result is at most a message away, not seconds of training
-            assert job_a.result(timeout=1.5)[3] is not None
-            break
+    job_a = first.submit(greek, 0.1, api_name="/train")
+    job_b = second.submit(latin, 0.1, api_name="/train")
+    jobs = [job_a, job_b]  # either may reach the server first
+    while not any(job.outputs() for job in jobs):
         time.sleep(0.02)
+    running, waiting = sorted(jobs, key=lambda job: not job.outputs())
+    while not waiting.outputs() and not waiting.done():  # one training at a time: the other waits for its turn
+        time.sleep(0.02)
+    assert running.result(timeout=3)[3] is not None  # so the first's result is a message away, not 6 s of training
     job_a.result(timeout=120), job_b.result(timeout=120)
     text_a = first.predict("", 200, 1.0, api_name="/generate_trained")
     text_b = second.predict("", 200, 1.0, api_name="/generate_trained")
