@@ -38,6 +38,8 @@ from tinygpt.generate import Sequence, decode
 from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
 
+PAGE_STREAM_INTERVAL_S = 0.05  # app.py's STREAM_INTERVAL_S: how often the page takes the new characters
+
 
 def flops_per_char(model: GPT, context: float) -> float:
     """Multiply-adds x 2 for one new position: every weight matrix once, plus attention over `context` keys."""
@@ -70,7 +72,7 @@ def run_alone(backend, prompt: list[int], n: int, count: int = 1) -> None:
 
 
 def run_engine(engine: Engine, prompt: list[int], n: int) -> None:
-    for _ in engine.generate(sequences(prompt, n)[0]):
+    for _ in engine.generate(sequences(prompt, n)[0], PAGE_STREAM_INTERVAL_S):
         pass
 
 

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_training import ctrl_c_at_batch
-from tinygpt import backends, training
+from tinygpt import training
 from tinygpt.config import GPTConfig
 from tinygpt.data import get_batch
-from tinygpt.model import GPT, KVCache
+from tinygpt.model import GPT
 from tinygpt.quantize import quantize_int8
 from tinygpt.training import WeightAverage, optimization_step, train, trim_log
 
@@ -202,34 +202,3 @@ def test_resume_after_the_log_ran_past_the_checkpoint_logs_each_evaluation_once(
 
     assert [r["step"] for r in log("resumed")] == [0, 2, 4, 6, 8, 8]
     assert log("resumed") == log("straight")
-
-
-# --- The C++ decode step on several threads -------------------------------------------------------
-
-
-def test_cpp_step_on_two_threads_gives_the_full_recompute_logits(tokenizer):
-    """The tests run torch on one thread; the C++ step shares its matmuls and attention heads out over
-    torch's threads, so a race between them shows only here."""
-    if backends.extension() is None:
-        pytest.skip("the C++ decode step could not be built here")  # test_backends.py fails on CI for this
-    torch.manual_seed(0)
-    config = GPTConfig(vocab=tokenizer.vocab, block_size=32, n_layer=2, n_head=8, n_embd=256)
-    model = GPT(config).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.mul_(4)
-    fast = GPT(config)
-    fast.load_state_dict(model.state_dict())
-    fast = backends.CppBackend(fast)
-    idx = torch.randint(config.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with torch.inference_mode():
-            full = model(idx)[0]
-            cache = KVCache.empty(config, 2)  # two sequences: few enough rows to be shared out
-            for pos in range(32):
-                logits = fast(idx[:, pos : pos + 1], torch.tensor([pos, pos]), cache)
-                torch.testing.assert_close(logits, full[:, pos : pos + 1], atol=2e-4, rtol=1e-5)
-    finally:
-        torch.set_num_threads(threads)

@@ -7,8 +7,6 @@
 
 #include <torch/extension.h>
 
-#include <ATen/Parallel.h>
-
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -48,35 +46,26 @@ void panel_rows(const float* __restrict x, int64_t in, const float* __restrict p
 
 constexpr int64_t kRows = 5;  // rows computed together
 
-// Up to this many rows a step reads more weight bytes than it does arithmetic: its panels (and its
-// attention) are split between the threads. Larger batches are compute-bound and run on the calling
-// thread alone, leaving the other cores to the web server that feeds them, without a fork and join
-// of the thread pool for every layer.
-constexpr int64_t kParallelRows = 4;
-
-int64_t grain(int64_t rows, int64_t tasks) { return rows <= kParallelRows ? 1 : tasks; }
-
-// y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). Panels are
-// shared out between threads; within one, the loop runs along its outputs, accumulating in registers.
+// y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). Within a panel,
+// the loop runs along its outputs, accumulating in registers. One thread: the step runs on the page's
+// engine thread, where waking a second OpenMP team for each of a step's ~30 matrices cost more than
+// it saved, and large batches are compute-bound anyway, leaving the other cores to the web server.
 void linear(const float* x, int64_t rows, int64_t in, const float* panels, const float* b, int64_t out, float* y) {
-  const int64_t blocks = (out + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, grain(rows, blocks), [&](int64_t first, int64_t last) {
-    for (int64_t block = first; block < last; ++block) {
-      const float* panel = panels + block * in * kBlock;
-      const int64_t j0 = block * kBlock, width = std::min(kBlock, out - j0);
-      for (int64_t m = 0; m < rows; m += kRows) {
-        const float* xm = x + m * in;
-        float* ym = y + m * out;
-        switch (std::min(kRows, rows - m)) {
-          case 1: panel_rows<1>(xm, in, panel, b, j0, width, out, ym); break;
-          case 2: panel_rows<2>(xm, in, panel, b, j0, width, out, ym); break;
-          case 3: panel_rows<3>(xm, in, panel, b, j0, width, out, ym); break;
-          case 4: panel_rows<4>(xm, in, panel, b, j0, width, out, ym); break;
-          default: panel_rows<5>(xm, in, panel, b, j0, width, out, ym); break;
-        }
+  for (int64_t j0 = 0; j0 < out; j0 += kBlock) {
+    const float* panel = panels + j0 * in;
+    const int64_t width = std::min(kBlock, out - j0);
+    for (int64_t m = 0; m < rows; m += kRows) {
+      const float* xm = x + m * in;
+      float* ym = y + m * out;
+      switch (std::min(kRows, rows - m)) {
+        case 1: panel_rows<1>(xm, in, panel, b, j0, width, out, ym); break;
+        case 2: panel_rows<2>(xm, in, panel, b, j0, width, out, ym); break;
+        case 3: panel_rows<3>(xm, in, panel, b, j0, width, out, ym); break;
+        case 4: panel_rows<4>(xm, in, panel, b, j0, width, out, ym); break;
+        default: panel_rows<5>(xm, in, panel, b, j0, width, out, ym); break;
       }
     }
-  });
+  }
 }
 
 void layer_norm(const float* x, int64_t rows, int64_t n, const float* gain, const float* bias, float* y) {
@@ -193,32 +182,30 @@ class Decoder {
       }
     }
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
-    at::parallel_for(0, B * T * H, grain(B * T, B * T * H), [&](int64_t begin, int64_t end) {
-      std::vector<float> scores(S);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t m = task / H, hd = task % H, b = m / T, seen = pos[b] + m % T + 1;
-        const float* q = qkv + m * 3 * N + hd * D;
-        const float* k = key_base + b * row_stride + hd * S * D;
-        const float* v = value_base + b * value_row_stride + hd * S * D;
-        float top = -INFINITY;
-        for (int64_t t = 0; t < seen; ++t) {
-          float dot = 0.f;
+    std::vector<float> scores(S);
+    for (int64_t task = 0; task < B * T * H; ++task) {
+      const int64_t m = task / H, hd = task % H, b = m / T, seen = pos[b] + m % T + 1;
+      const float* q = qkv + m * 3 * N + hd * D;
+      const float* k = key_base + b * row_stride + hd * S * D;
+      const float* v = value_base + b * value_row_stride + hd * S * D;
+      float top = -INFINITY;
+      for (int64_t t = 0; t < seen; ++t) {
+        float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-          for (int64_t d = 0; d < D; ++d) dot += q[d] * k[t * D + d];
-          scores[t] = dot * scale;
-          top = std::max(top, scores[t]);
-        }
-        float total = 0.f;
-        for (int64_t t = 0; t < seen; ++t) total += scores[t] = std::exp(scores[t] - top);
-        float* o = out + m * N + hd * D;
-        std::fill_n(o, D, 0.f);
-        for (int64_t t = 0; t < seen; ++t) {
-          const float p = scores[t] / total;
-#pragma omp simd
-          for (int64_t d = 0; d < D; ++d) o[d] += p * v[t * D + d];
-        }
+        for (int64_t d = 0; d < D; ++d) dot += q[d] * k[t * D + d];
+        scores[t] = dot * scale;
+        top = std::max(top, scores[t]);
       }
-    });
+      float total = 0.f;
+      for (int64_t t = 0; t < seen; ++t) total += scores[t] = std::exp(scores[t] - top);
+      float* o = out + m * N + hd * D;
+      std::fill_n(o, D, 0.f);
+      for (int64_t t = 0; t < seen; ++t) {
+        const float p = scores[t] / total;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) o[d] += p * v[t * D + d];
+      }
+    }
   }
 
   torch::Tensor token_embedding_, position_embedding_, ln_f_weight_, ln_f_bias_, lm_head_, lm_head_bias_;
