@@ -1,15 +1,16 @@
 """Train the `--minutes M` preset for M minutes of wall clock, then score it exactly; with --baseline,
-train nanoGPT's CPU recipe for the same M at the same time, side by side.
+then train nanoGPT's CPU recipe for the same M, in the same run.
 
     python benchmarks/train_budget.py --minutes 10              # the preset alone, on every core
-    python benchmarks/train_budget.py --minutes 10 --baseline   # the preset and the baseline, side by side
+    python benchmarks/train_budget.py --minutes 10 --baseline   # the preset, then the baseline (2 x M minutes)
 
 The baseline is the "shakespeare on a MacBook" recipe of nanoGPT's README (4 layers, 4 heads, width
 128, context 64, batch 12, no dropout, learning rate 1e-3 with 100 warmup steps and cosine decay to
 1e-4, AdamW beta2 0.99, weight decay 0.1, float32 as nanoGPT runs on a CPU), trained by this
 project's trainer. Both schedules follow the clock: warmup, then a cosine decay that ends when the
-budget does. Side by side, the two recipes train in two processes at once with one torch thread each,
-so both see the same machine, however busy it is; the load average while they ran is recorded.
+budget does. With --baseline the two recipes train one after the other, each in its own process on
+every core, as `train.py --minutes M` would run for a user; the load average while each ran is
+recorded (compare only runs on a quiet machine).
 
 Prints one JSON line: per recipe the exact validation loss (tinygpt.evaluate's protocol, at the
 recipe's own context length), steps, tokens/s and its hyperparameters.
@@ -68,34 +69,33 @@ def train_one(name: str, minutes: float, data: str, threads: int, keep: str | No
     }
 
 
-def side_by_side(minutes: float, data: str, keep: str | None) -> dict:
-    """The preset and the baseline in two processes started together, one thread each; also the
-    machine's load average (1 minute), sampled while they ran."""
-    command = [sys.executable, __file__, "--minutes", str(minutes), "--data", data, "--threads", "1"]
+def one_after_another(minutes: float, data: str, threads: int, keep: str | None) -> dict:
+    """The preset, then the baseline, each in a fresh process on `threads` threads; with each result,
+    the machine's load average (1 minute), sampled while it ran."""
+    command = [sys.executable, __file__, "--minutes", str(minutes), "--data", data, "--threads", str(threads)]
     command += ["--keep", keep] if keep else []
-    with tempfile.TemporaryDirectory() as logs:
-        outputs = {name: Path(logs) / f"{name}.txt" for name in ("ours", "baseline")}
-        processes = {
-            name: subprocess.Popen([*command, "--only", name], stdout=out.open("w")) for name, out in outputs.items()
-        }
-        load = []
-        while any(process.poll() is None for process in processes.values()):
-            load.append(os.getloadavg()[0])
-            time.sleep(5)
-        for name, process in processes.items():
+    results = {}
+    for name in ("ours", "baseline"):
+        with tempfile.TemporaryFile("w+") as out:
+            process = subprocess.Popen([*command, "--only", name], stdout=out)
+            load = []
+            while process.poll() is None:
+                load.append(os.getloadavg()[0])
+                time.sleep(5)
             if process.returncode:
                 raise SystemExit(f"the {name} run failed (exit status {process.returncode})")
-        results = {name: json.loads(out.read_text().splitlines()[-1]) for name, out in outputs.items()}
-    results["load_average"] = {"mean": round(sum(load) / len(load), 2), "max": round(max(load), 2)}
+            out.seek(0)
+            results[name] = json.loads(out.read().splitlines()[-1])
+        results[name]["load_average"] = {"mean": round(sum(load) / len(load), 2), "max": round(max(load), 2)}
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, required=True, help="wall-clock training budget")
-    parser.add_argument("--baseline", action="store_true", help="also train nanoGPT's CPU recipe, side by side")
+    parser.add_argument("--baseline", action="store_true", help="then train nanoGPT's CPU recipe for as long")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="UTF-8 corpus (default: Tiny Shakespeare)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads for a run alone (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for each run (0: torch's default)")
     parser.add_argument("--keep", metavar="DIR", help="keep the trained models in DIR/ours and DIR/baseline")
     parser.add_argument("--only", choices=("ours", "baseline"), help=argparse.SUPPRESS)  # one side of a comparison
     args = parser.parse_args()
@@ -104,7 +104,7 @@ def main() -> None:
         print(json.dumps(train_one(args.only, args.minutes, args.data, args.threads, args.keep)))
         return
     if args.baseline:
-        result = {"minutes": args.minutes, "side_by_side": True, **side_by_side(args.minutes, args.data, args.keep)}
+        result = {"minutes": args.minutes, **one_after_another(args.minutes, args.data, args.threads, args.keep)}
         result["ours_minus_baseline"] = round(result["ours"]["val_loss"] - result["baseline"]["val_loss"], 5)
     else:
         result = {"minutes": args.minutes, "ours": train_one("ours", args.minutes, args.data, args.threads, args.keep)}

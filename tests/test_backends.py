@@ -67,7 +67,7 @@ def test_every_backend_gives_the_reference_logits_for_ragged_batches(tokenizer, 
         for row, start in enumerate(starts):
             got[row, :start] = backend(idx[row : row + 1, :start], torch.tensor([0]), cache.rows(row, row + 1))[0]
         pos = torch.tensor(starts)
-        for size in [1, 2, 4, MAX_CPP_TOKENS]:  # 15 positions: row 2 reaches the end of the window
+        for size in [1, 2, 4, 8]:  # 15 positions: row 2 reaches the end of the window
             rows = torch.stack([idx[r, p : p + size] for r, p in enumerate(pos.tolist())])
             logits = backend(rows, pos, cache)
             for r, p in enumerate(pos.tolist()):
@@ -103,14 +103,14 @@ class CountingDecoder:
         return self.decoder.step(*args)
 
 
-def test_only_short_steps_take_the_cpp_path(tokenizer):
+def test_only_steps_and_short_prefills_take_the_cpp_path(tokenizer):
     cpp_built()
-    backend = CppBackend(model_of(tokenizer, **SHAPES[0]))
+    backend = CppBackend(model_of(tokenizer, block_size=2 * MAX_CPP_TOKENS, **SHAPES[0]))
     backend.decoder = counting = CountingDecoder(backend.decoder)
-    idx = torch.randint(backend.model.config.vocab_size, (2, 20))
+    idx = torch.randint(backend.model.config.vocab_size, (2, MAX_CPP_TOKENS + 1))
     cache = KVCache.empty(backend.model.config, 2)
     with torch.inference_mode():
-        backend(idx[:1], torch.tensor([0]), cache.rows(0, 1))  # a 20-token prefill: PyTorch
+        backend(idx[:1], torch.tensor([0]), cache.rows(0, 1))  # a long prefill: PyTorch
         assert counting.calls == 0
         backend(idx[:, :MAX_CPP_TOKENS], torch.tensor([0, 0]), cache)
         backend(idx[:, :1], torch.tensor([8, 3]), cache)

@@ -8,7 +8,7 @@ from gradio_client import Client
 
 from tinygpt import backends
 from tinygpt.backends import CppBackend, TorchBackend
-from tinygpt.engine import Engine
+from tinygpt.engine import STREAM_CROWD, Engine
 from tinygpt.generate import complete, start
 from tinygpt.model import GPT
 from tinygpt.tokenizer import CharTokenizer
@@ -92,6 +92,23 @@ def test_cancelling_one_leaves_the_others_alone_and_frees_its_row(sharp_model, t
     texts = collect([streams[0], streams[2]], tokenizer.vocab)  # the third can only finish if the row was freed
     assert texts == [expected[0], expected[2]]
     assert engine.decoder.sequences == []
+
+
+def test_streams_update_less_often_only_when_the_engine_is_crowded(sharp_model, tokenizer):
+    engine = Engine(TorchBackend(sharp_model), max_batch=2 * STREAM_CROWD)
+    assert engine.pace(0.05) == 0.05
+    streams = [through(engine, tokenizer, REQUESTS[0], 2000) for _ in range(2 * STREAM_CROWD)]
+    for _, stream in streams:
+        next(stream)  # each has joined the batch once it has its first token
+    assert engine.pace(0.05) == pytest.approx(0.1)
+    for _, stream in streams[1:]:
+        stream.close()
+    for _ in streams[0][1]:  # the others leave at the next step boundary
+        if engine.pace(0.05) == 0.05:
+            break
+    else:
+        pytest.fail("the pace stayed slow after the crowd left")
+    streams[0][1].close()
 
 
 def test_switching_backend_mid_generation_keeps_the_text(sharp_model, tokenizer):

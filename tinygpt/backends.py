@@ -7,10 +7,11 @@ loop (prefill, steps, the context window, sampling, batching) is written once, a
   torch - the PyTorch model in float32: the reference.
   int8  - the PyTorch model with int8 weights (`tinygpt.quantize`): a different, slightly rounded
           function (validation loss within 0.001); faster than float32 on PyTorch.
-  cpp   - float32, the same function as torch, each short step one C++ call (`csrc/decode.cpp`)
-          instead of ~150 PyTorch operations; long prefills stay on PyTorch, where batched matmuls
-          are faster. Compiled on first use (~40 s on 2 cores; cached by torch.utils.cpp_extension,
-          under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Fastest where it builds.
+  cpp   - float32, the same function as torch, each step or short prefill one C++ call
+          (`csrc/decode.cpp`) instead of ~150 PyTorch operations; long prefills (the window's
+          re-prefills) stay on PyTorch, whose batched matmuls are faster there. Compiled on first
+          use (~40 s on 2 cores; cached by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or
+          ~/.cache/torch_extensions). Fastest where it builds.
   auto  - cpp where it can be built, else torch: the fastest way to compute the float32 model.
 """
 
@@ -30,7 +31,10 @@ from tinygpt.quantize import quantize_int8
 
 BACKENDS = ("auto", "torch", "int8", "cpp")
 SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
-MAX_CPP_TOKENS = 8  # new tokens per sequence per C++ step; longer inputs (prefill) run on PyTorch
+# Tokens per sequence up to which a pass is one C++ call; longer ones run on PyTorch. Around here
+# PyTorch's two threads overtake the one-threaded C++ loop on the command line; on the page's engine
+# thread, where each PyTorch operation also wakes a second thread pool, C++ is faster at any length.
+MAX_CPP_TOKENS = 64
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd"]  # simd pragmas, no threads
 
 
@@ -67,7 +71,7 @@ def extension() -> object | None:
 
 
 class CppBackend:
-    """Short steps (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32 weights."""
+    """Steps and short prefills (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32 weights."""
 
     name = "cpp"
 

@@ -21,7 +21,7 @@ import collections
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -29,6 +29,9 @@ from tinygpt.backends import Backend
 from tinygpt.generate import Decoder, Sequence, Token
 
 DEFAULT_MAX_BATCH = 32  # generations decoded together by default (README: Serving, for the measurement)
+# Each stream's updates slow down in proportion once more than this many generations run: on a
+# crowded page the server's per-update work would otherwise take the CPU the decode loop needs.
+STREAM_CROWD = 8
 
 
 class Request:
@@ -50,9 +53,9 @@ class Request:
         self.error, self.finished = error, True
         self._ready.set()
 
-    def stream(self, interval: float = 0.0) -> Iterator[list[Token]]:
-        """The new tokens as they come, a list at a time, at most every `interval` seconds (the first at
-        once). Closing this iterator (or dropping it) cancels the request."""
+    def stream(self, interval: Callable[[], float] = lambda: 0.0) -> Iterator[list[Token]]:
+        """The new tokens as they come, a list at a time, at most every `interval()` seconds (the first
+        at once). Closing this iterator (or dropping it) cancels the request."""
         try:
             while True:
                 self._ready.wait()
@@ -66,8 +69,8 @@ class Request:
                         raise self.error
                     if not self._tokens:
                         return
-                if interval and new:
-                    time.sleep(interval)
+                if new and (pause := interval()):
+                    time.sleep(pause)
         finally:
             self.cancelled = True
 
@@ -106,8 +109,13 @@ class Engine:
         return request
 
     def generate(self, sequence: Sequence, interval: float = 0.0) -> Iterator[list[Token]]:
-        """submit(sequence).stream(interval): the new tokens as they come; closing it cancels."""
-        return self.submit(sequence).stream(interval)
+        """The new tokens as they come, at most every `interval` seconds while up to STREAM_CROWD
+        generations run, proportionally less often beyond; closing the iterator cancels."""
+        return self.submit(sequence).stream(lambda: self.pace(interval))
+
+    def pace(self, interval: float) -> float:
+        """`interval`, stretched in proportion to the generations running beyond STREAM_CROWD."""
+        return interval * max(1.0, len(self._active) / STREAM_CROWD)
 
     def close(self) -> None:
         """Stop the loop after the current step; requests still running end with an error."""
