@@ -6,7 +6,8 @@ its next character in one batched forward pass, then hand each character to its 
 finished or cancelled request leaves at the next step boundary and frees its row; beyond
 `max_batch` requests wait their turn. At batch 1 a step reads every weight to make one character;
 the same reads serve all the sequences of a batch, so the machine's throughput grows with the batch
-while each person's pace slows only a little.
+while each person's pace slows only a little. On a crowded engine each stream takes its new
+characters less often (`pace`), so the web server's per-update work leaves the loop its CPU.
 
 Each sequence keeps its own sampling settings and random generator, so a seed gives the same text
 as when it runs alone (the C++ step computes every row the same way at any batch size; PyTorch's
