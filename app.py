@@ -22,6 +22,9 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # works offline; no calls home
+# PyTorch's idle OpenMP workers sleep instead of spinning after each small operation of the decode
+# loop, leaving the second core to the C++ step's second thread (read when torch is imported).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
@@ -265,7 +268,7 @@ def switch_to_cpp(engine: Engine, model: GPT) -> None:
     if extension() is None:  # it printed why
         print("staying on PyTorch float32", flush=True)
         return
-    engine.use(CppBackend(model))
+    engine.use(CppBackend(model, threads=torch.get_num_threads()))
     print(f"switched to the C++ decode step (ready after {time.perf_counter() - started:.1f} s)", flush=True)
 
 

@@ -1,15 +1,18 @@
 """The Gradio app: its functions in process, then the real server end to end with gradio_client."""
 
 import http.server
+import os
 import socket
 import threading
 import time
 
 import gradio as gr
 import pytest
+import torch
 from gradio_client import Client
 
-from app import build_demo, inside_view, make_generate, make_run, share_service_reachable
+from app import build_demo, inside_view, make_generate, make_run, share_service_reachable, switch_to_cpp
+from tinygpt import backends
 from tinygpt.backends import TorchBackend, load_backend
 from tinygpt.checkpoint import load_model
 from tinygpt.engine import Engine
@@ -26,6 +29,15 @@ def test_generate_streams_the_growing_text_and_ends_with_prompt_plus_n(engine):
     assert updates[-1].startswith("ROMEO:") and len(updates[-1]) == len("ROMEO:") + 400
     assert all(updates[-1].startswith(u) for u in updates)  # each update extends the previous text
     assert list(generate("ROMEO:", 400, 0.8, seed=1))[-1] == updates[-1]
+
+
+def test_the_page_moves_to_the_cpp_step_with_a_thread_per_cpu_for_large_batches(engine, tiny_model):
+    if backends.extension() is None:
+        pytest.skip("the C++ decode step could not be built here")
+    switch_to_cpp(engine, tiny_model)
+    assert engine.decoder.backend.name == "cpp" and engine.decoder.backend.threads == torch.get_num_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # else PyTorch's spinning workers take that thread's core
+    assert len(list(make_generate(engine)("ROMEO:", 20, 0.8, seed=1))[-1]) == len("ROMEO:") + 20
 
 
 def test_generate_accepts_the_floats_a_slider_sends(engine):

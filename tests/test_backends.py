@@ -129,6 +129,32 @@ def test_greedy_and_seeded_text_match_pytorch_past_the_window_alone_and_in_batch
         assert texts[0] == texts[1]
 
 
+def test_a_large_batch_split_across_threads_gives_each_row_its_logits_alone(tokenizer):
+    """13 sequences on 3 threads (parts of 4, 4 and 5 rows), each at its own position: every row's
+    logits are bit for bit those of the same row stepped alone, and the cache rows hold the same."""
+    cpp_built()
+    model = model_of(tokenizer, **SHAPES[1])
+    backend = CppBackend(model)
+    backend.decoder = backends.extension().Decoder(dict(model.state_dict()), model.config.n_head, 3)
+    rows = 13
+    idx = torch.randint(model.config.vocab_size, (rows, 24), generator=torch.Generator().manual_seed(2))
+    starts = torch.arange(rows) + 3
+    batch, alone = KVCache.empty(model.config, rows), KVCache.empty(model.config, rows)
+    with torch.inference_mode():
+        for row, start in enumerate(starts.tolist()):
+            for cache in (batch, alone):
+                backend(idx[row : row + 1, :start], torch.tensor([0]), cache.rows(row, row + 1))
+        tokens = idx.gather(1, starts[:, None])
+        stepped = backend(tokens, starts, batch)
+        for row in range(rows):
+            one = backend(tokens[row : row + 1], starts[row : row + 1], alone.rows(row, row + 1))
+            assert torch.equal(stepped[row], one[0]), f"row {row}"
+        reference = model(idx[:, : starts.max() + 1])[0]
+    expected = reference[torch.arange(rows), starts]
+    torch.testing.assert_close(stepped[:, 0], expected, atol=2e-5 * expected.abs().max().item(), rtol=1e-5)
+    assert torch.equal(batch.k, alone.k) and torch.equal(batch.v, alone.v)
+
+
 def test_load_backend_picks_what_was_asked_and_auto_falls_back_to_torch(tokenizer, monkeypatch):
     assert load_backend(model_of(tokenizer, **SHAPES[0]), "torch").name == "torch"
     int8 = load_backend(model_of(tokenizer, **SHAPES[0]), "int8")
@@ -159,7 +185,7 @@ def test_the_cpp_step_refuses_what_it_cannot_compute(tokenizer):
         backend(torch.tensor([[1]]), torch.tensor([0, 0]), cache)
     state = {k: v for k, v in model.state_dict().items() if k != "blocks.1.attn.proj.bias"}
     with pytest.raises(RuntimeError, match=r"no tensor named blocks\.1\.attn\.proj\.bias"):
-        backends.extension().Decoder(state, model.config.n_head)
+        backends.extension().Decoder(state, model.config.n_head, 1)
 
 
 def test_a_failed_build_says_so_in_one_line_and_leaves_pytorch_in_charge(monkeypatch, capsys):

@@ -116,10 +116,10 @@ def test_switching_backend_mid_generation_keeps_the_text(sharp_model, tokenizer)
         pytest.skip("the C++ decode step could not be built here")
     model = sharp_model
     expected = [alone(TorchBackend(model), tokenizer, request) for request in REQUESTS]
-    engine = Engine(TorchBackend(model), max_batch=7)
+    engine = Engine(TorchBackend(model), max_batch=12)
     streams = [through(engine, tokenizer, request) for request in REQUESTS]
     texts = [text + "".join(tokenizer.vocab[t.token] for t in next(stream)) for text, stream in streams]
-    engine.use(CppBackend(model))  # what the page does once the C++ step is built
+    engine.use(CppBackend(model, threads=2))  # what the page does once the C++ step is built; 8+ rows split
     assert collect(list(zip(texts, (s for _, s in streams), strict=True)), tokenizer.vocab) == expected
     assert engine.decoder.backend.name == "cpp"
 

@@ -9,7 +9,8 @@ loop (prefill, steps, the context window, sampling, batching) is written once, a
           function (validation loss within 0.001); faster than float32 on PyTorch.
   cpp   - float32, the same function as torch, each step or short prefill one C++ call
           (`csrc/decode.cpp`) instead of ~150 PyTorch operations; long prefills (the window's
-          re-prefills) stay on PyTorch, whose batched matmuls are faster there. Compiled on first
+          re-prefills) stay on PyTorch, whose batched matmuls are faster there. With `threads` > 1
+          a step of 8 or more sequences is cut into that many parts, one thread each. Compiled on first
           use (~40 s on 2 cores; cached by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or
           ~/.cache/torch_extensions). Fastest where it builds.
   auto  - cpp where it can be built, else torch: the fastest way to compute the float32 model.
@@ -71,18 +72,24 @@ def extension() -> object | None:
 
 
 class CppBackend:
-    """Steps and short prefills (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32 weights."""
+    """Steps and short prefills (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32 weights.
+
+    `threads`: how many threads a step of 8 or more sequences may share (each takes a part of the
+    sequences). More than 1 pays only where PyTorch's idle OpenMP workers sleep (OMP_WAIT_POLICY=
+    PASSIVE, as app.py sets): by default they spin for a while after each PyTorch operation of the
+    decode loop, on the very core the step's second thread needs, and the split step is then slower.
+    """
 
     name = "cpp"
 
-    def __init__(self, model: GPT) -> None:
+    def __init__(self, model: GPT, threads: int = 1) -> None:
         module = extension()
         if module is None:
             raise RuntimeError("the C++ decode step is not available (it could not be built)")
         if model.token_embedding.weight.device.type != "cpu" or model.token_embedding.weight.dtype != torch.float32:
             raise ValueError("the C++ decode step runs float32 weights on the CPU")
-        self.model = model.eval()
-        self.decoder = module.Decoder(dict(model.state_dict()), model.config.n_head)
+        self.model, self.threads = model.eval(), threads
+        self.decoder = module.Decoder(dict(model.state_dict()), model.config.n_head, threads)
         self.prefill = TorchBackend(model)
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:

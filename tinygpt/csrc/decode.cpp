@@ -11,6 +11,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -45,11 +46,14 @@ void panel_rows(const float* __restrict x, int64_t in, const float* __restrict p
 }
 
 constexpr int64_t kRows = 5;  // rows computed together
+// Sequences per thread below which a step stays on one thread: a thread costs tens of microseconds
+// to start, a step of a few sequences about a millisecond.
+constexpr int64_t kRowsPerThread = 4;
 
 // y[m, :] = b + x[m, :] W^T for each of `rows` inputs, with W as panels (to_panels). Within a panel,
-// the loop runs along its outputs, accumulating in registers. One thread: the step runs on the page's
-// engine thread, where waking a second OpenMP team for each of a step's ~30 matrices cost more than
-// it saved, and large batches are compute-bound anyway, leaving the other cores to the web server.
+// the loop runs along its outputs, accumulating in registers. One thread: waking an OpenMP team for
+// each of a step's ~30 matrices cost more than it saved; large batches are split by sequence instead
+// (Decoder::step).
 void linear(const float* x, int64_t rows, int64_t in, const float* panels, const float* b, int64_t out, float* y) {
   for (int64_t j0 = 0; j0 < out; j0 += kBlock) {
     const float* panel = panels + j0 * in;
@@ -87,7 +91,8 @@ const float* data(const torch::Tensor& t) { return t.data_ptr<float>(); }
 // The model's float32 weights, taken from its state_dict by name, the matrices rearranged as panels.
 class Decoder {
  public:
-  Decoder(const std::map<std::string, torch::Tensor>& state, int64_t n_head) : n_head_(n_head) {
+  Decoder(const std::map<std::string, torch::Tensor>& state, int64_t n_head, int64_t threads)
+      : n_head_(n_head), threads_(std::max<int64_t>(threads, 1)) {
     auto get = [&](const std::string& name) {
       auto found = state.find(name);
       TORCH_CHECK(found != state.end(), "the state_dict has no tensor named ", name);
@@ -120,7 +125,7 @@ class Decoder {
                      torch::Tensor values) {
     TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(),
                 "tokens: (B, T) int64");
-    const int64_t B = tokens.size(0), T = tokens.size(1), K = B * T, N = n_embd_, L = layers_.size();
+    const int64_t B = tokens.size(0), T = tokens.size(1), N = n_embd_, L = layers_.size();
     TORCH_CHECK(positions.dim() == 1 && positions.size(0) == B && positions.scalar_type() == torch::kLong &&
                     positions.is_contiguous(), "positions: (B,) int64");
     for (const auto* cache : {&keys, &values})
@@ -132,20 +137,60 @@ class Decoder {
     const int64_t* ids = tokens.data_ptr<int64_t>();
     const int64_t* pos = positions.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) TORCH_CHECK(pos[b] >= 0 && pos[b] + T <= block_size_, "positions past the context window");
-    for (int64_t m = 0; m < K; ++m) TORCH_CHECK(ids[m] >= 0 && ids[m] < vocab_, "token id out of range");
+    for (int64_t m = 0; m < B * T; ++m) TORCH_CHECK(ids[m] >= 0 && ids[m] < vocab_, "token id out of range");
+    const Batch batch{ids, pos, T, Cache(keys), Cache(values)};
+    torch::Tensor logits = torch::empty({B, T, vocab_}, torch::kFloat);
+    float* out = logits.data_ptr<float>();
+
+    // Sequences never interact, so a large batch is cut into contiguous parts, each computed by its
+    // own thread from start to end: one join per step, and each row computed exactly as when alone.
+    const int64_t parts = std::min(threads_, B / kRowsPerThread);
+    std::vector<std::thread> helpers;
+    for (int64_t part = 1; part < parts; ++part)
+      helpers.emplace_back([&, part] { forward(batch, B * part / parts, B * (part + 1) / parts, out); });
+    forward(batch, 0, parts > 1 ? B / parts : B, out);
+    for (auto& helper : helpers) helper.join();
+    return logits;
+  }
+
+ private:
+  struct Layer {
+    torch::Tensor ln1_weight, ln1_bias, qkv, proj, proj_bias, ln2_weight, ln2_bias, fc1, fc1_bias, fc2, fc2_bias;
+  };
+
+  // A KV cache (n_layer, B, n_head, block_size, head_size) as a pointer: block (l, b) is contiguous.
+  struct Cache {
+    explicit Cache(torch::Tensor& t) : base(t.data_ptr<float>()), layer_stride(t.stride(0)), row_stride(t.stride(1)) {}
+    float* at(int64_t l, int64_t b) const { return base + l * layer_stride + b * row_stride; }
+    float* base;
+    int64_t layer_stride, row_stride;
+  };
+
+  // A step's input: tokens (B, T), each row's first position, and the caches.
+  struct Batch {
+    const int64_t* ids;
+    const int64_t* pos;
+    int64_t T;
+    Cache keys, values;
+  };
+
+  // The forward pass of sequences b0..b1-1 of `batch`, writing their logits into `logits` (B, T, vocab).
+  void forward(const Batch& batch, int64_t b0, int64_t b1, float* logits) const {
+    const int64_t T = batch.T, K = (b1 - b0) * T, N = n_embd_, L = layers_.size();
+    const int64_t* ids = batch.ids + b0 * T;
     std::vector<float> x(K * N), h(K * N), qkv(K * 3 * N), att(K * N), ff(K * 4 * N);
 
     const float* token_embedding = data(token_embedding_);
     const float* position_embedding = data(position_embedding_);
     for (int64_t m = 0; m < K; ++m)
       for (int64_t i = 0; i < N; ++i)
-        x[m * N + i] = token_embedding[ids[m] * N + i] + position_embedding[(pos[m / T] + m % T) * N + i];
+        x[m * N + i] = token_embedding[ids[m] * N + i] + position_embedding[(batch.pos[b0 + m / T] + m % T) * N + i];
 
     for (int64_t l = 0; l < L; ++l) {
       const Layer& w = layers_[l];
       layer_norm(x.data(), K, N, data(w.ln1_weight), data(w.ln1_bias), h.data());
       linear(h.data(), K, N, data(w.qkv), nullptr, 3 * N, qkv.data());
-      attend(qkv.data(), B, T, pos, keys[l], values[l], att.data());
+      attend(qkv.data(), batch, l, b0, b1, att.data());
       linear(att.data(), K, N, data(w.proj), data(w.proj_bias), N, h.data());
       for (int64_t i = 0; i < K * N; ++i) x[i] += h[i];
 
@@ -156,38 +201,29 @@ class Decoder {
       for (int64_t i = 0; i < K * N; ++i) x[i] += h[i];
     }
     layer_norm(x.data(), K, N, data(ln_f_weight_), data(ln_f_bias_), h.data());
-    torch::Tensor logits = torch::empty({B, T, vocab_}, torch::kFloat);
-    linear(h.data(), K, N, data(lm_head_), data(lm_head_bias_), vocab_, logits.data_ptr<float>());
-    return logits;
+    linear(h.data(), K, N, data(lm_head_), data(lm_head_bias_), vocab_, logits + b0 * T * vocab_);
   }
 
- private:
-  struct Layer {
-    torch::Tensor ln1_weight, ln1_bias, qkv, proj, proj_bias, ln2_weight, ln2_bias, fc1, fc1_bias, fc2, fc2_bias;
-  };
-
-  // Store the new keys and values in each sequence's cache row, then each new token attends to its
-  // sequence's cached positions up to its own. keys, values: (B, n_head, block_size, head_size).
-  void attend(const float* qkv, int64_t B, int64_t T, const int64_t* pos, torch::Tensor keys, torch::Tensor values,
-              float* out) {
-    const int64_t N = n_embd_, H = n_head_, D = N / H, S = block_size_;
-    float* key_base = keys.data_ptr<float>();
-    float* value_base = values.data_ptr<float>();
-    const int64_t row_stride = keys.stride(0), value_row_stride = values.stride(0);
-    for (int64_t m = 0; m < B * T; ++m) {
-      const int64_t b = m / T, p = pos[b] + m % T;
+  // Store the new keys and values of sequences b0..b1-1 in their cache rows of layer l, then each new
+  // token attends to its sequence's cached positions up to its own. qkv and out: rows of those sequences.
+  void attend(const float* qkv, const Batch& batch, int64_t l, int64_t b0, int64_t b1, float* out) const {
+    const int64_t N = n_embd_, H = n_head_, D = N / H, S = block_size_, T = batch.T;
+    for (int64_t m = 0; m < (b1 - b0) * T; ++m) {
+      const int64_t b = b0 + m / T, p = batch.pos[b] + m % T;
+      float* keys = batch.keys.at(l, b);
+      float* values = batch.values.at(l, b);
       for (int64_t hd = 0; hd < H; ++hd) {
-        std::copy_n(qkv + m * 3 * N + N + hd * D, D, key_base + b * row_stride + (hd * S + p) * D);
-        std::copy_n(qkv + m * 3 * N + 2 * N + hd * D, D, value_base + b * value_row_stride + (hd * S + p) * D);
+        std::copy_n(qkv + m * 3 * N + N + hd * D, D, keys + (hd * S + p) * D);
+        std::copy_n(qkv + m * 3 * N + 2 * N + hd * D, D, values + (hd * S + p) * D);
       }
     }
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
     std::vector<float> scores(S);
-    for (int64_t task = 0; task < B * T * H; ++task) {
-      const int64_t m = task / H, hd = task % H, b = m / T, seen = pos[b] + m % T + 1;
+    for (int64_t task = 0; task < (b1 - b0) * T * H; ++task) {
+      const int64_t m = task / H, hd = task % H, b = b0 + m / T, seen = batch.pos[b] + m % T + 1;
       const float* q = qkv + m * 3 * N + hd * D;
-      const float* k = key_base + b * row_stride + hd * S * D;
-      const float* v = value_base + b * value_row_stride + hd * S * D;
+      const float* k = batch.keys.at(l, b) + hd * S * D;
+      const float* v = batch.values.at(l, b) + hd * S * D;
       float top = -INFINITY;
       for (int64_t t = 0; t < seen; ++t) {
         float dot = 0.f;
@@ -210,12 +246,13 @@ class Decoder {
 
   torch::Tensor token_embedding_, position_embedding_, ln_f_weight_, ln_f_bias_, lm_head_, lm_head_bias_;
   std::vector<Layer> layers_;
-  int64_t n_head_, n_embd_, vocab_, block_size_;
+  int64_t n_head_, threads_, n_embd_, vocab_, block_size_;
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   pybind11::class_<Decoder>(m, "Decoder")
-      .def(pybind11::init<const std::map<std::string, torch::Tensor>&, int64_t>(), "a state_dict and n_head")
+      .def(pybind11::init<const std::map<std::string, torch::Tensor>&, int64_t, int64_t>(),
+           "a state_dict, n_head, and the most threads a step may use")
       // Without the GIL: the page's server threads keep running while a step computes.
       .def("step", &Decoder::step, pybind11::call_guard<pybind11::gil_scoped_release>(),
            "tokens (B, T) at positions (B,) onwards, caches -> logits (B, T, vocab)");
