@@ -2,6 +2,7 @@
 
     pip install -r requirements-bench.txt
     python benchmarks/generate.py            # shipped weights, 2 threads
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/generate.py --step-threads 2   # as the page runs
 
 Single stream: a 100-character prompt and 1000 new characters (so generation runs past the
 256-character window), temperature 0.8:
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -114,11 +116,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 16, 32, 64],
                         help="batch sizes to time on the default backend")  # fmt: skip
+    parser.add_argument("--step-threads", type=int, default=1, help="threads of the default backend's C++ step "
+                        "for 8+ sequences; the page uses one per CPU and runs with OMP_WAIT_POLICY=PASSIVE: "
+                        "set both to measure its path")  # fmt: skip
     parser.add_argument("--skip-naive", action="store_true", help="leave out (a), the slow one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
-    results: dict = {"threads": args.threads, "new_chars": args.tokens, "prompt_chars": 100}
+    results: dict = {"threads": args.threads, "step_threads": args.step_threads,
+                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
+                     "new_chars": args.tokens, "prompt_chars": 100}  # fmt: skip
 
     model = load_model(args.weights)
     tokenizer = CharTokenizer(model.config.vocab)
@@ -139,7 +146,7 @@ def main() -> None:
         results["naive_chars_per_s"] = round(n / naive_s, 1)
 
     names = ["torch", "int8"] + (["cpp"] if extension() is not None else [])
-    page = load_backend(load_model(args.weights), "auto")
+    page = load_backend(load_model(args.weights), "auto", args.step_threads)
     for name in names:
         print(f"(b) {name} ...", file=sys.stderr)
         backend = load_backend(load_model(args.weights), name)

@@ -35,9 +35,9 @@ def test_the_page_moves_to_the_cpp_step_with_a_thread_per_cpu_for_large_batches(
     if backends.extension() is None:
         pytest.skip("the C++ decode step could not be built here")
     switch_to_cpp(engine, tiny_model)
+    assert len(list(make_generate(engine)("ROMEO:", 20, 0.8, seed=1))[-1]) == len("ROMEO:") + 20  # a step swaps
     assert engine.decoder.backend.name == "cpp" and engine.decoder.backend.threads == torch.get_num_threads()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # else PyTorch's spinning workers take that thread's core
-    assert len(list(make_generate(engine)("ROMEO:", 20, 0.8, seed=1))[-1]) == len("ROMEO:") + 20
 
 
 def test_generate_accepts_the_floats_a_slider_sends(engine):

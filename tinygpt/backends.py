@@ -98,14 +98,15 @@ class CppBackend:
         return self.decoder.step(tokens.contiguous(), input_pos.contiguous(), cache.k, cache.v)
 
 
-def load_backend(model: GPT, name: str = "auto") -> Backend:
-    """`model` (in place) behind the backend called `name` (see the module doc). Raises ValueError
-    for an unknown name, RuntimeError when "cpp" cannot be built; "auto" never fails."""
+def load_backend(model: GPT, name: str = "auto", threads: int = 1) -> Backend:
+    """`model` (in place) behind the backend called `name` (see the module doc); `threads` is the C++
+    step's (see CppBackend). Raises ValueError for an unknown name, RuntimeError when "cpp" cannot
+    be built; "auto" never fails."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {name!r}")
     on_cpu = model.token_embedding.weight.device.type == "cpu"
     if name == "cpp" or (name == "auto" and on_cpu and extension() is not None):
-        return CppBackend(model)
+        return CppBackend(model, threads)
     if name == "int8":
         return TorchBackend(quantize_int8(model), "int8")
     return TorchBackend(model)
