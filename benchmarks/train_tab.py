@@ -30,6 +30,7 @@ from load import load_average, start_server, stop_server  # benchmarks/load.py; 
 
 from tinygpt.checkpoint import WEIGHTS_DIR
 from tinygpt.data import DEFAULT_DATA
+from tinygpt.engine import DEFAULT_MAX_BATCH
 
 
 def write_speed(client: Client, chars: int) -> float:
@@ -72,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
     text = DEFAULT_DATA.read_text(encoding="utf-8")
     log = Path(tempfile.mkdtemp(prefix="train-tab-bench-")) / "app.log"
-    process, url, ready = start_server(args.model, log)
+    process, url, ready = start_server(args.model, DEFAULT_MAX_BATCH, log)
     print(ready, file=sys.stderr)
     try:
         writer, trainer = Client(url, verbose=False), Client(url, verbose=False)
