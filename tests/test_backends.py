@@ -134,8 +134,7 @@ def test_a_large_batch_split_across_threads_gives_each_row_its_logits_alone(toke
     logits are bit for bit those of the same row stepped alone, and the cache rows hold the same."""
     cpp_built()
     model = model_of(tokenizer, **SHAPES[1])
-    backend = CppBackend(model)
-    backend.decoder = backends.extension().Decoder(dict(model.state_dict()), model.config.n_head, 3)
+    backend = CppBackend(model, threads=3)
     rows = 13
     idx = torch.randint(model.config.vocab_size, (rows, 24), generator=torch.Generator().manual_seed(2))
     starts = torch.arange(rows) + 3

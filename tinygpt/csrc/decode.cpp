@@ -144,11 +144,11 @@ class Decoder {
 
     // Sequences never interact, so a large batch is cut into contiguous parts, each computed by its
     // own thread from start to end: one join per step, and each row computed exactly as when alone.
-    const int64_t parts = std::min(threads_, B / kRowsPerThread);
+    const int64_t parts = std::max<int64_t>(1, std::min(threads_, B / kRowsPerThread));
     std::vector<std::thread> helpers;
     for (int64_t part = 1; part < parts; ++part)
       helpers.emplace_back([&, part] { forward(batch, B * part / parts, B * (part + 1) / parts, out); });
-    forward(batch, 0, parts > 1 ? B / parts : B, out);
+    forward(batch, 0, B / parts, out);
     for (auto& helper : helpers) helper.join();
     return logits;
   }
