@@ -3,9 +3,9 @@
 import torch
 
 from tinygpt.backends import TorchBackend
-from tinygpt.generate import Decoder, Sequence, decode, start
+from tinygpt.generate import UNIFORM_BLOCK, Decoder, Sequence, decode, start
 from tinygpt.model import GPT, KVCache
-from tinygpt.sampling import filter_logits, sample_next
+from tinygpt.sampling import draw, filter_logits, sample_next
 
 # tiny_config has block_size 16, so 40 new tokens run well past the window.
 
@@ -138,3 +138,21 @@ def test_temperature_zero_is_argmax_and_temperature_spreads():
     g = torch.Generator().manual_seed(0)
     assert {sample_next(logits[:1], 0.05, generator=g).item() for _ in range(50)} == {1}
     assert {sample_next(logits[:1], 100.0, generator=g).item() for _ in range(200)} == {0, 1, 2}
+
+
+def test_draw_follows_the_probabilities_and_never_picks_an_impossible_token():
+    probs = torch.tensor([[0.0, 0.1, 0.0, 0.2, 0.3, 0.4, 0.0]], dtype=torch.float64)
+    # The extreme uniforms land on the first and last possible tokens, not on the zeros around them.
+    assert draw(probs.expand(2, -1), torch.tensor([0.0, 1 - 2**-53], dtype=torch.float64)).tolist() == [5, 1]
+    uniforms = torch.rand(40_000, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(draw(probs.expand(len(uniforms), -1), uniforms), minlength=7) / len(uniforms)
+    torch.testing.assert_close(counts, probs[0].float(), atol=0.01, rtol=0)
+
+
+def test_a_sequence_takes_its_uniforms_in_blocks_exactly_as_one_at_a_time():
+    # The decoder draws a block of uniforms per sequence; the reference draws one per token. They must be
+    # the same numbers, across block boundaries, or a seed's text would depend on the path.
+    sequence = Sequence([0], 1, generator=torch.Generator().manual_seed(7))
+    one_at_a_time = torch.Generator().manual_seed(7)
+    for _ in range(2 * UNIFORM_BLOCK + 3):
+        assert sequence.next_uniform() == torch.rand(1, dtype=torch.float64, generator=one_at_a_time).item()

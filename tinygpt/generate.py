@@ -45,6 +45,7 @@ MAX_NUM_SAMPLES = 16
 MAX_SEED = 2**31 - 1
 MAX_PROMPT_CHARS = 10_000  # only the last block_size characters condition the model anyway
 EMPTY_PROMPT_CONTEXT = "\n"  # an empty prompt starts the model at the beginning of a line
+UNIFORM_BLOCK = 64  # random numbers a sequence draws from its generator at once
 
 
 class InputError(ValueError):
@@ -67,10 +68,20 @@ class Sequence:
     produced: int = 0
     cached: int = 0  # positions of this sequence in its cache row
     logits: torch.Tensor | None = field(default=None, repr=False)  # (V,) for the next token, once computed
+    uniforms: list[float] = field(default_factory=list, init=False, repr=False)  # drawn, not yet used (reversed)
 
     @property
     def done(self) -> bool:
         return self.produced >= self.max_new_tokens
+
+    def next_uniform(self) -> float:
+        """The generator's next float64 uniform. They are drawn UNIFORM_BLOCK at a time, which gives
+        the same numbers as one at a time, so that a step makes one PyTorch call for the whole batch
+        rather than one per sequence."""
+        if not self.uniforms:
+            block = torch.rand(UNIFORM_BLOCK, dtype=torch.float64, generator=self.generator)
+            self.uniforms = block.tolist()[::-1]
+        return self.uniforms.pop()
 
 
 class Token(NamedTuple):
@@ -126,7 +137,7 @@ class Decoder:
             return []
         logits = torch.stack([s.logits for s in self.sequences])
         settings = [(s.temperature, s.top_k, s.top_p) for s in self.sequences]
-        new = sample_rows(logits, settings, [s.generator for s in self.sequences])
+        new = sample_rows(logits, settings, [s.next_uniform() if s.temperature else 0.0 for s in self.sequences])
         probs = F.softmax(logits.float(), dim=-1)
         tokens = [Token(*row) for row in zip(self.sequences, new, probs, strict=True)]
         for sequence, token in zip(self.sequences, new, strict=True):

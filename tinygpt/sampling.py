@@ -1,4 +1,9 @@
-"""Choosing the next character from the model's logits: temperature, top-k and top-p (nucleus)."""
+"""Choosing the next character from the model's logits: temperature, top-k and top-p (nucleus).
+
+A token is drawn by inverse transform sampling from one float64 uniform of the sequence's random
+generator, rather than with torch.multinomial: the uniforms can then be drawn ahead, and a whole
+batch, each row with its own generator, sampled in a few operations instead of a call per row.
+"""
 
 from __future__ import annotations
 
@@ -40,6 +45,16 @@ def sampling_probs(
     return F.softmax(logits, dim=-1)
 
 
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Token ids (B,) by inverse transform sampling: in row b, the first token whose cumulative
+    probability reaches 1 - uniforms[b] (a uniform in [0, 1)) of the row's total."""
+    cumulative = probs.cumsum(dim=-1)
+    # 1 - u lies in (0, 1]: the threshold is above 0, so a token of probability 0 is never drawn, and
+    # at most the total, so the count stays below the vocabulary size.
+    threshold = (1 - uniforms).unsqueeze(-1) * cumulative[:, -1:]
+    return (cumulative < threshold).sum(dim=-1)
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -47,30 +62,32 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy."""
+    """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy; otherwise
+    each row takes one float64 uniform from `generator`, in row order."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    return torch.multinomial(sampling_probs(logits, temperature, top_k, top_p), num_samples=1, generator=generator)
+    probs = sampling_probs(logits, temperature, top_k, top_p)
+    uniforms = torch.rand(probs.size(0), dtype=torch.float64, generator=generator)
+    return draw(probs, uniforms).unsqueeze(-1)
 
 
 def sample_rows(
-    logits: torch.Tensor,
-    settings: list[tuple[float, int | None, float | None]],
-    generators: list[torch.Generator | None],
+    logits: torch.Tensor, settings: list[tuple[float, int | None, float | None]], uniforms: list[float]
 ) -> list[int]:
     """One token for each row of logits (B, C), row i with its own (temperature, top_k, top_p) and
-    generator: the token `sample_next` would draw for that row alone. Rows that share settings share
-    the arithmetic; only the draws are made one row at a time."""
+    uniform (unused when greedy): the token `sample_next` draws for that row alone, given that
+    uniform. Rows that share settings share the arithmetic, a few operations for the whole batch."""
     tokens = [0] * len(settings)
     groups: dict[tuple[float, int | None, float | None], list[int]] = {}
     for row, setting in enumerate(settings):
         groups.setdefault(setting, []).append(row)
     for (temperature, top_k, top_p), rows in groups.items():
+        group = logits if len(rows) == len(settings) else logits[rows]
         if temperature == 0:
-            for row, token in zip(rows, logits[rows].argmax(dim=-1).tolist(), strict=True):
-                tokens[row] = token
-            continue
-        probs = sampling_probs(logits[rows], temperature, top_k, top_p)
-        for row, p in zip(rows, probs, strict=True):
-            tokens[row] = torch.multinomial(p, num_samples=1, generator=generators[row]).item()
+            drawn = group.argmax(dim=-1)
+        else:
+            u = torch.tensor([uniforms[row] for row in rows], dtype=torch.float64)
+            drawn = draw(sampling_probs(group, temperature, top_k, top_p), u)
+        for row, token in zip(rows, drawn.tolist(), strict=True):
+            tokens[row] = token
     return tokens
