@@ -111,6 +111,24 @@ def test_streams_update_less_often_only_when_the_engine_is_crowded(sharp_model, 
     streams[0][1].close()
 
 
+def test_a_paced_stream_hears_the_end_at_once(sharp_model, tokenizer):
+    # A stream waits `interval` after each update; the end must cut that wait short, or a crowded page
+    # holds every finished answer back (and its client's next request) for up to a pause.
+    engine = Engine(TorchBackend(sharp_model))
+    _, sequences = start(tokenizer, "ROMEO:", N, 1.0, 1)
+    received = []
+
+    def read() -> None:
+        for tokens in engine.generate(sequences[0], interval=3600.0):
+            received.extend(tokens)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=60)  # a stream that slept its full pause would still be asleep
+    assert not reader.is_alive()
+    assert len(received) == N
+
+
 def test_switching_backend_mid_generation_keeps_the_text(sharp_model, tokenizer):
     if backends.extension() is None:
         pytest.skip("the C++ decode step could not be built here")

@@ -21,7 +21,6 @@ import atexit
 import collections
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -44,7 +43,8 @@ class Request:
         self.finished = False
         self.error: BaseException | None = None
         self._tokens: collections.deque[Token] = collections.deque()
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # new tokens, or the end
+        self._ended = threading.Event()
 
     def put(self, token: Token) -> None:
         self._tokens.append(token)
@@ -53,10 +53,11 @@ class Request:
     def end(self, error: BaseException | None = None) -> None:
         self.error, self.finished = error, True
         self._ready.set()
+        self._ended.set()
 
     def stream(self, interval: Callable[[], float] = lambda: 0.0) -> Iterator[list[Token]]:
         """The new tokens as they come, a list at a time, at most every `interval()` seconds (the first
-        at once). Closing this iterator (or dropping it) cancels the request."""
+        and the last at once). Closing this iterator (or dropping it) cancels the request."""
         try:
             while True:
                 self._ready.wait()
@@ -71,7 +72,7 @@ class Request:
                     if not self._tokens:
                         return
                 if new and (pause := interval()):
-                    time.sleep(pause)
+                    self._ended.wait(pause)  # the end cuts the pause short: the client hears at once
         finally:
             self.cancelled = True
 
