@@ -10,8 +10,9 @@ HTTP API for /generate and reading the stream of updates (lighter than gradio_cl
 per-update work would take a core from the server on this 2-core machine).
 Every answer is checked: the prompt followed by exactly --chars characters of the model's alphabet.
 Then the same against app.py --max-batch 1 (one generation at a time, as before batching). For
-each: completed, errors, latency p50/p95/max, first-character latency p95 and aggregate
-characters/s; then the ratios, and the ceiling: the machine's float32 matmul GFLOP/s (measured
+each: completed, errors, latency p50/p95/max, first-character latency p95, aggregate
+characters/s, and the CPU time the page's process and the clients spent per character delivered
+(Linux); then the ratios, and the ceiling: the machine's float32 matmul GFLOP/s (measured
 here) over the ~2 x parameters FLOPs a character costs.
 
 --queue-overflow adds a phase against the shipped page: max-batch + QUEUE_SIZE + 32 requests at the
@@ -92,6 +93,15 @@ def resident_mb(pid: int) -> float | None:
     except OSError:
         pass
     return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU time a process has used so far, its finished threads included (Linux: /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def load_average() -> list[float]:
@@ -240,8 +250,14 @@ def measure(args: argparse.Namespace, max_batch: int, vocab: str, overflow: bool
         report["rss_mb_idle"] = resident_mb(process.pid)
         run_phase(url, 1, 1, args.chars, vocab, args.timeout)  # warm up
         print(f"max-batch {max_batch}: {args.clients} x {args.requests} x {args.chars} chars ...", file=sys.stderr)
+        server_cpu, clients_cpu = cpu_seconds(process.pid), time.process_time()
         results, wall_s = run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout)
         report |= summary(results, wall_s, args.chars)
+        # Where the CPU went, per character delivered: the page's process, and this one's clients.
+        chars = max(len(results.latencies) * args.chars, 1)
+        if server_cpu is not None and (server_cpu_after := cpu_seconds(process.pid)) is not None:
+            report["server_cpu_ms_per_char"] = round(1000 * (server_cpu_after - server_cpu) / chars, 4)
+        report["clients_cpu_ms_per_char"] = round(1000 * (time.process_time() - clients_cpu) / chars, 4)
         report["rss_mb_after"] = resident_mb(process.pid)
         report["passed"] = not results.errors and not results.malformed
         if overflow:
