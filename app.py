@@ -59,11 +59,11 @@ class Trace:
     prompt: str
     vocab: str
     chars: list[str] = field(default_factory=list)
-    probs: list[torch.Tensor] = field(default_factory=list)  # per new character: the model's (V,) distribution
+    logits: list[torch.Tensor] = field(default_factory=list)  # per new character: the model's (V,) logits
 
-    def add(self, char: str, probs: torch.Tensor) -> None:
+    def add(self, char: str, logits: torch.Tensor) -> None:
         self.chars.append(char)
-        self.probs.append(probs)
+        self.logits.append(logits)
 
 
 def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
@@ -85,7 +85,7 @@ def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
                 for token in tokens:
                     char = tokenizer.vocab[token.token]
                     text += char
-                    trace.add(char, token.probs)
+                    trace.add(char, token.logits)
                 yield text, trace
 
     return run
@@ -118,7 +118,7 @@ def inside_view(trace: Trace | None, position: int | None = None) -> tuple[list,
     candidates the model weighed at one position (default: the last character)."""
     if trace is None or not trace.chars:
         return [], {}
-    probs = torch.stack(trace.probs)
+    probs = torch.stack(trace.logits).float().softmax(dim=-1)  # computed only when the view is shown
     chosen = probs.gather(1, torch.tensor([[trace.vocab.index(c)] for c in trace.chars]))[:, 0].tolist()
     # HighlightedText colours scores in [-1, 1] by sign and size: 2p - 1 puts p = 0.5 at no colour.
     spans = [(trace.prompt, None), *((c, round(2 * p - 1, 3)) for c, p in zip(trace.chars, chosen, strict=True))]

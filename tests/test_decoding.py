@@ -3,7 +3,7 @@
 import torch
 
 from tinygpt.backends import TorchBackend
-from tinygpt.generate import UNIFORM_BLOCK, Decoder, Sequence, decode, start
+from tinygpt.generate import UNIFORM_BLOCK, Decoder, Sequence, complete, decode, start
 from tinygpt.model import GPT, KVCache
 from tinygpt.sampling import draw, filter_logits, sample_next
 
@@ -83,13 +83,14 @@ def test_sequences_join_and_leave_between_steps_without_disturbing_the_others(sh
     assert decoder.sequences == []
 
 
-def test_streamed_probabilities_are_the_models_distribution(tiny_model):
+def test_streamed_logits_and_probabilities_are_the_models(tiny_model, tokenizer):
     sequence = Sequence([4, 8, 15], 3, temperature=0)
     steps = list(decode(TorchBackend(tiny_model), [sequence]))
     expected = tiny_model(torch.tensor([[4, 8, 15]]))[0][0, -1].softmax(-1)
-    torch.testing.assert_close(steps[0][0].probs, expected)
+    torch.testing.assert_close(steps[0][0].logits.softmax(-1), expected)
     assert steps[0][0].token == expected.argmax().item()
-    assert all(torch.allclose(t.probs.sum(), torch.ones(())) for step in steps for t in step)
+    _, text_steps = complete(TorchBackend(tiny_model), tokenizer, tokenizer.decode([4, 8, 15]), 3, 0.0)
+    torch.testing.assert_close(next(text_steps).probs, expected[None])  # what complete() streams
 
 
 def test_samples_are_independent_and_sample_i_is_the_single_sample_of_seed_plus_i(tiny_model, tokenizer):

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from tinygpt.backends import BACKENDS, Backend, load_backend
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
@@ -87,7 +86,7 @@ class Sequence:
 class Token(NamedTuple):
     sequence: Sequence
     token: int
-    probs: torch.Tensor  # (V,) the model's distribution it was drawn from, at temperature 1
+    logits: torch.Tensor  # (V,) the model's logits it was drawn from (their softmax: its distribution at temperature 1)
 
 
 class Decoder:
@@ -138,8 +137,7 @@ class Decoder:
         logits = torch.stack([s.logits for s in self.sequences])
         settings = [(s.temperature, s.top_k, s.top_p) for s in self.sequences]
         new = sample_rows(logits, settings, [s.next_uniform() if s.temperature else 0.0 for s in self.sequences])
-        probs = F.softmax(logits.float(), dim=-1)
-        tokens = [Token(*row) for row in zip(self.sequences, new, probs, strict=True)]
+        tokens = [Token(*row) for row in zip(self.sequences, new, logits, strict=True)]
         for sequence, token in zip(self.sequences, new, strict=True):
             sequence.tokens.append(token)
             sequence.produced += 1
@@ -294,7 +292,8 @@ def complete(
     def steps() -> Iterator[TextStep]:
         for new in decode(backend, sequences):
             new.sort(key=lambda t: sequences.index(t.sequence))
-            yield TextStep([tokenizer.vocab[t.token] for t in new], torch.stack([t.probs for t in new]))
+            probs = torch.stack([t.logits for t in new]).float().softmax(dim=-1)
+            yield TextStep([tokenizer.vocab[t.token] for t in new], probs)
 
     return text, steps()
 
