@@ -55,6 +55,16 @@ def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     return (cumulative < threshold).sum(dim=-1)
 
 
+def choose(
+    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, uniforms: torch.Tensor | None
+) -> torch.Tensor:
+    """Token ids (B,) from logits (B, C): the likeliest at temperature 0 (uniforms unused), else drawn
+    with one uniform per row."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    return draw(sampling_probs(logits, temperature, top_k, top_p), uniforms)
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -64,11 +74,8 @@ def sample_next(
 ) -> torch.Tensor:
     """Next token ids (B, 1) from last-position logits (B, C). Temperature 0 means greedy; otherwise
     each row takes one float64 uniform from `generator`, in row order."""
-    if temperature == 0:
-        return logits.argmax(dim=-1, keepdim=True)
-    probs = sampling_probs(logits, temperature, top_k, top_p)
-    uniforms = torch.rand(probs.size(0), dtype=torch.float64, generator=generator)
-    return draw(probs, uniforms).unsqueeze(-1)
+    uniforms = None if temperature == 0 else torch.rand(logits.size(0), dtype=torch.float64, generator=generator)
+    return choose(logits, temperature, top_k, top_p, uniforms).unsqueeze(-1)
 
 
 def sample_rows(
@@ -83,11 +90,7 @@ def sample_rows(
         groups.setdefault(setting, []).append(row)
     for (temperature, top_k, top_p), rows in groups.items():
         group = logits if len(rows) == len(settings) else logits[rows]
-        if temperature == 0:
-            drawn = group.argmax(dim=-1)
-        else:
-            u = torch.tensor([uniforms[row] for row in rows], dtype=torch.float64)
-            drawn = draw(sampling_probs(group, temperature, top_k, top_p), u)
-        for row, token in zip(rows, drawn.tolist(), strict=True):
+        u = torch.tensor([uniforms[row] for row in rows], dtype=torch.float64)
+        for row, token in zip(rows, choose(group, temperature, top_k, top_p, u).tolist(), strict=True):
             tokens[row] = token
     return tokens
