@@ -30,6 +30,22 @@ def test_cached_rows_at_different_positions_give_the_full_recompute_logits(tiny_
             torch.testing.assert_close(cached, torch.stack([full[0, pos], full[1, pos + 4]]), atol=1e-6, rtol=1e-5)
 
 
+def test_a_backend_with_another_cache_dtype_takes_over_the_sequences_in_progress(sharp_model, tiny_config):
+    decoders = [Decoder(TorchBackend(sharp_model), 2) for _ in range(2)]
+    for decoder in decoders:
+        for prompt in ([1, 2, 3], [4, 5]):
+            decoder.add(Sequence(prompt, 10, temperature=0.0))
+        decoder.step()
+    decoders[1].use(TorchBackend(sharp_model, cache_dtype=torch.float16))  # as the page does once C++ is built
+    assert decoders[1].cache.k.dtype == decoders[1].cache.v.dtype == torch.float16
+    for decoder in decoders:  # a token carries the logits it was drawn from: the step before's
+        decoder.step()
+    float32, float16 = (torch.stack([t.logits for t in decoder.step()]) for decoder in decoders)
+    assert torch.equal(float16.argmax(-1), float32.argmax(-1))  # the same text, from keys and values rounded
+    torch.testing.assert_close(float16, float32, atol=1e-2 * float32.abs().max().item(), rtol=0)
+    assert not torch.equal(float16, float32)
+
+
 def test_within_the_window_decoding_reproduces_the_seeds_generate(sharp_model, tiny_config):
     torch.manual_seed(2)
     for prompt_len in (1, 5, 12):

@@ -4,6 +4,7 @@ would get alone; they join, leave and cancel at step boundaries; and the API ser
 import threading
 
 import pytest
+import torch
 from gradio_client import Client
 
 from tinygpt import backends
@@ -133,8 +134,9 @@ def test_switching_backend_mid_generation_keeps_the_text(sharp_model, tokenizer)
     if backends.extension() is None:
         pytest.skip("the C++ decode step could not be built here")
     model = sharp_model
-    expected = [alone(TorchBackend(model), tokenizer, request) for request in REQUESTS]
-    engine = Engine(TorchBackend(model), max_batch=12)
+    reference = TorchBackend(model, cache_dtype=torch.float16)  # the function the C++ step computes
+    expected = [alone(reference, tokenizer, request) for request in REQUESTS]
+    engine = Engine(reference, max_batch=12)
     streams = [through(engine, tokenizer, request) for request in REQUESTS]
     texts = [text + "".join(tokenizer.vocab[t.token] for t in next(stream)) for text, stream in streams]
     engine.use(CppBackend(model, threads=2))  # what the page does once the C++ step is built; 8+ rows split
@@ -147,6 +149,7 @@ class FailingOnce:
 
     def __init__(self, backend) -> None:
         self.backend, self.model, self.name, self.calls = backend, backend.model, "failing", 0
+        self.cache_dtype = backend.cache_dtype
 
     def __call__(self, *args):
         self.calls += 1

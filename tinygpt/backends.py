@@ -1,19 +1,24 @@
 """How a forward pass over cached positions runs: the backends of the decode loop (`tinygpt.generate`).
 
 A backend does one thing: run tokens (B, T) of B sequences, row b at positions input_pos[b].., store
-their keys and values in rows 0..B-1 of a KVCache, and return the logits (B, T, vocab). The decode
-loop (prefill, steps, the context window, sampling, batching) is written once, above them.
+their keys and values in rows 0..B-1 of a KVCache of its `cache_dtype`, and return the logits
+(B, T, vocab). The decode loop (prefill, steps, the context window, sampling, batching) is written
+once, above them.
 
-  torch - the PyTorch model in float32: the reference.
+  torch - the PyTorch model in float32, with a float32 cache: the reference.
   int8  - the PyTorch model with int8 weights (`tinygpt.quantize`): a different, slightly rounded
           function (validation loss within 0.001); faster than float32 on PyTorch.
-  cpp   - float32, the same function as torch, each step or short prefill one C++ call
-          (`csrc/decode.cpp`) instead of ~150 PyTorch operations; long prefills (the window's
-          re-prefills) stay on PyTorch, whose batched matmuls are faster there. With `threads` > 1
-          a step of 8 or more sequences is cut into that many parts, one thread each. Compiled on first
-          use (~40 s on 2 cores; cached by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or
-          ~/.cache/torch_extensions). Fastest where it builds.
-  auto  - cpp where it can be built, else torch: the fastest way to compute the float32 model.
+  cpp   - float32 weights and arithmetic with a float16 cache, each step or short prefill one C++
+          call (`csrc/decode.cpp`) instead of ~150 PyTorch operations. The same function as the
+          PyTorch model given a float16 cache (`TorchBackend(model, cache_dtype=torch.float16)`),
+          which runs its long prefills (the window's re-prefills: PyTorch's batched matmuls are
+          faster there). The float16 cache halves what attention reads from memory, which bounds a
+          crowded step; it moves the validation loss by less than 0.001 (README: Serving). With
+          `threads` > 1 a step of 8 or more sequences is cut into that many parts of about equal
+          work, one thread each. Compiled on first use (~40 s on 2 cores; cached by
+          torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions).
+          Fastest where it builds.
+  auto  - cpp where it can be built, else torch.
 """
 
 from __future__ import annotations
@@ -42,15 +47,16 @@ FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd"]  
 class Backend(Protocol):
     name: str
     model: GPT
+    cache_dtype: torch.dtype
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor: ...
 
 
 class TorchBackend:
-    """The PyTorch model (float32, or int8 once quantised)."""
+    """The PyTorch model (float32, or int8 once quantised), with a cache of `cache_dtype`."""
 
-    def __init__(self, model: GPT, name: str = "torch") -> None:
-        self.model, self.name = model.eval(), name
+    def __init__(self, model: GPT, name: str = "torch", cache_dtype: torch.dtype = torch.float32) -> None:
+        self.model, self.name, self.cache_dtype = model.eval(), name, cache_dtype
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         return self.model(tokens, cache=cache, input_pos=input_pos)[0]
@@ -72,7 +78,8 @@ def extension() -> object | None:
 
 
 class CppBackend:
-    """Steps and short prefills (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32 weights.
+    """Steps and short prefills (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32
+    weights and a float16 cache.
 
     `threads`: how many threads a step of 8 or more sequences may share (each takes a part of the
     sequences). More than 1 pays only where PyTorch's idle OpenMP workers sleep (OMP_WAIT_POLICY=
@@ -81,6 +88,7 @@ class CppBackend:
     """
 
     name = "cpp"
+    cache_dtype = torch.float16
 
     def __init__(self, model: GPT, threads: int = 1) -> None:
         module = extension()
@@ -90,7 +98,7 @@ class CppBackend:
             raise ValueError("the C++ decode step runs float32 weights on the CPU")
         self.model, self.threads = model.eval(), threads
         self.decoder = module.Decoder(dict(model.state_dict()), model.config.n_head, threads)
-        self.prefill = TorchBackend(model)
+        self.prefill = TorchBackend(model, cache_dtype=self.cache_dtype)
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
         if tokens.size(1) > MAX_CPP_TOKENS:

@@ -137,7 +137,8 @@ class Engine:
                         request.end(RuntimeError("the engine was closed"))
                     return
                 if self._next_backend is not None:
-                    self.decoder.backend, self._next_backend = self._next_backend, None
+                    self.decoder.use(self._next_backend)
+                    self._next_backend = None
                 joining = []
                 while self._waiting and len(self._active) + len(joining) < self.max_batch:
                     joining.append(self._waiting.popleft())

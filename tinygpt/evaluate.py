@@ -19,14 +19,18 @@ import torch.nn.functional as F
 
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
 from tinygpt.data import DEFAULT_DATA, load_splits
-from tinygpt.model import GPT
+from tinygpt.model import GPT, KVCache
 from tinygpt.quantize import quantize_int8
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 
 @torch.no_grad()
-def validation_loss(model: GPT, ids: torch.Tensor, batch_size: int = 32) -> dict:
-    """Mean next-character cross-entropy over `ids` (1-D), window by window; see module docstring."""
+def validation_loss(
+    model: GPT, ids: torch.Tensor, batch_size: int = 32, cache_dtype: torch.dtype | None = None
+) -> dict:
+    """Mean next-character cross-entropy over `ids` (1-D), window by window; see module docstring.
+    With `cache_dtype`, each window passes through a KV cache of that dtype, so attention sees keys and
+    values rounded as a backend that keeps such a cache stores them (float16: the C++ step)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -38,7 +42,11 @@ def validation_loss(model: GPT, ids: torch.Tensor, batch_size: int = 32) -> dict
         nonlocal total
         x = torch.stack([ids[s : s + length] for s in starts]).to(device)
         y = torch.stack([ids[s + 1 : s + 1 + length] for s in starts]).to(device)
-        logits, _ = model(x)
+        if cache_dtype is None:
+            logits, _ = model(x)
+        else:
+            cache = KVCache.empty(model.config, len(starts), cache_dtype, device)
+            logits, _ = model(x, cache=cache, input_pos=torch.zeros(len(starts), dtype=torch.long))
         total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
 
     full_windows = n_targets // T
@@ -61,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=("float32", "int8"), default="float32",
                         help="score the model as the demo runs it (int8) or as trained (float32)")  # fmt: skip
+    parser.add_argument("--cache-dtype", choices=("float32", "float16"), default=None,
+                        help="run each window through a KV cache of this dtype (float16: as the C++ step, "
+                        "the page's backend, keeps it); default: no cache")  # fmt: skip
     args = parser.parse_args(argv)
     try:
         model = load_model(args.weights)
@@ -71,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    result = validation_loss(model, val_ids, args.batch_size)
-    result.update(params=model.num_params(), precision=args.precision, seconds=round(time.perf_counter() - started, 2))
+    cache_dtype = getattr(torch, args.cache_dtype) if args.cache_dtype else None
+    result = validation_loss(model, val_ids, args.batch_size, cache_dtype)
+    result.update(params=model.num_params(), precision=args.precision, cache_dtype=args.cache_dtype,
+                  seconds=round(time.perf_counter() - started, 2))  # fmt: skip
     print(json.dumps(result))
     return 0
 

@@ -92,7 +92,7 @@ class Token(NamedTuple):
 class Decoder:
     """Up to `max_batch` sequences decoded side by side; sequence i lives in row i of the KV cache.
 
-    The backend can be replaced between steps (the cache is the decoder's, not the backend's).
+    The backend can be replaced between steps (`use`; the cache is the decoder's, not the backend's).
     """
 
     def __init__(self, backend: Backend, max_batch: int = 1) -> None:
@@ -101,8 +101,14 @@ class Decoder:
         self.backend = backend
         self.config = backend.model.config
         self.max_batch = max_batch
-        self.cache = KVCache.empty(self.config, max_batch)
+        self.cache = KVCache.empty(self.config, max_batch, backend.cache_dtype)
         self.sequences: list[Sequence] = []
+
+    def use(self, backend: Backend) -> None:
+        """Run the next passes with `backend`; the sequences in progress carry on, their cache in its dtype."""
+        if backend.cache_dtype != self.cache.k.dtype:
+            self.cache = self.cache.to(backend.cache_dtype)
+        self.backend = backend
 
     @property
     def full(self) -> bool:

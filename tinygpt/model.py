@@ -23,6 +23,8 @@ class KVCache:
     """Keys and values of the tokens seen so far, for `rows` sequences side by side, so each new token
     costs one position, not T. k and v are (n_layer, rows, n_head, block_size, head_size); row b of
     the batch passed to GPT.forward reads and writes row b here. `rows(a, b)` is a view of some rows.
+    A cache may keep a narrower dtype than the model computes in (float16 for the C++ step): keys and
+    values are rounded to it when stored, and attention computes with them as stored.
     """
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -36,6 +38,9 @@ class KVCache:
 
     def rows(self, start: int, stop: int) -> KVCache:
         return KVCache(self.k[:, start:stop], self.v[:, start:stop])
+
+    def to(self, dtype: torch.dtype) -> KVCache:
+        return KVCache(self.k.to(dtype), self.v.to(dtype))
 
     def copy_row(self, source: int, target: int) -> None:
         self.k[:, target] = self.k[:, source]
@@ -70,10 +75,12 @@ class MultiHeadAttention(nn.Module):
         else:
             keys, values, positions, mask = cached
             rows = torch.arange(B, device=x.device)[:, None]
-            keys[rows, :, positions] = k.transpose(1, 2)  # (B, T, n_head, head_size) into each row's slots
-            values[rows, :, positions] = v.transpose(1, 2)
+            # (B, T, n_head, head_size) into each row's slots, in the cache's dtype (see KVCache)
+            keys[rows, :, positions] = k.transpose(1, 2).to(keys.dtype)
+            values[rows, :, positions] = v.transpose(1, 2).to(values.dtype)
             S = mask.size(-1)
-            y = F.scaled_dot_product_attention(q, keys[:, :, :S], values[:, :, :S], attn_mask=mask)
+            keys, values = keys[:, :, :S].to(q.dtype), values[:, :, :S].to(q.dtype)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, N)
         return self.dropout(self.proj(y))
 

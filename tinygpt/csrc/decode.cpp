@@ -3,16 +3,23 @@
 // Why: at small batches a pass is ~150 tiny PyTorch operations, and their dispatch costs more than
 // the arithmetic. Here the same pass (embeddings -> L pre-LayerNorm blocks -> final LayerNorm ->
 // head) is plain loops over float32 weights, found by their state_dict names, reading and writing
-// the caller's KV cache. tinygpt/backends.py builds this file and checks it against PyTorch.
+// the caller's KV cache, whose keys and values are float16: in a crowd, attention reads every
+// sequence's cache at every step, and half the bytes is half the wait on memory. The arithmetic is
+// float32 throughout. tinygpt/backends.py builds this file and checks it against PyTorch.
 
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -84,6 +91,51 @@ void layer_norm(const float* x, int64_t rows, int64_t n, const float* gain, cons
   }
 }
 
+// dst[i] = src[i], float16 to float32, 16 or 8 at a time where the CPU has an instruction for that.
+void widen(const at::Half* src, int64_t n, float* dst) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// dst[i] = src[i] rounded to the nearest float16 (as PyTorch's .half() rounds), 16 or 8 at a time likewise.
+void narrow(const float* src, int64_t n, at::Half* dst) {
+  int64_t i = 0;
+#if defined(__AVX512F__)
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#elif defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+#endif
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+constexpr int64_t kKeys = 16;  // cached positions widened to float32 at a time (a few KB: stays in L1)
+
+// e^x for x <= 0 (a softmax's scores less their maximum) within 2 float ulp, in a form loops vectorise
+// (std::exp is a call per element): e^x = 2^n e^g with n = round(x / ln 2), g = x - n ln 2 (ln 2 in two
+// parts, so n * the first is exact), |g| <= 0.35; 2^n goes into the exponent bits, e^g is its Taylor
+// series to the 7th power. Below e^-87 (nothing, beside the maximum's e^0) it returns e^-87.
+inline float exp_nonpositive(float x) {
+  x = std::max(x, -87.f);
+  const float n = (x * 1.44269504f + 12582912.f) - 12582912.f;  // + 1.5 * 2^23 rounds away the fraction
+  const float g = (x - n * 0.693145752f) - n * 1.42860677e-6f;
+  const float e = 1 + g * (1 + g * (1.f / 2 + g * (1.f / 6 + g * (1.f / 24 + g * (1.f / 120 + g * (1.f / 720 + g / 5040))))));
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_to_n;
+  std::memcpy(&two_to_n, &bits, sizeof two_to_n);
+  return e * two_to_n;
+}
+
 const float* data(const torch::Tensor& t) { return t.data_ptr<float>(); }
 
 }  // namespace
@@ -129,11 +181,11 @@ class Decoder {
     TORCH_CHECK(positions.dim() == 1 && positions.size(0) == B && positions.scalar_type() == torch::kLong &&
                     positions.is_contiguous(), "positions: (B,) int64");
     for (const auto* cache : {&keys, &values})
-      TORCH_CHECK(cache->scalar_type() == torch::kFloat && cache->dim() == 5 && cache->size(0) == L &&
+      TORCH_CHECK(cache->scalar_type() == torch::kHalf && cache->dim() == 5 && cache->size(0) == L &&
                       cache->size(1) == B && cache->size(2) == n_head_ && cache->size(3) == block_size_ &&
                       cache->size(4) == N / n_head_ && cache->stride(4) == 1 && cache->stride(3) == N / n_head_ &&
                       cache->stride(2) == block_size_ * N / n_head_,
-                  "caches must be float32 (n_layer, B, n_head, block_size, head_size), each row's block contiguous");
+                  "caches must be float16 (n_layer, B, n_head, block_size, head_size), each row's block contiguous");
     const int64_t* ids = tokens.data_ptr<int64_t>();
     const int64_t* pos = positions.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) TORCH_CHECK(pos[b] >= 0 && pos[b] + T <= block_size_, "positions past the context window");
@@ -144,11 +196,11 @@ class Decoder {
 
     // Sequences never interact, so a large batch is cut into contiguous parts, each computed by its
     // own thread from start to end: one join per step, and each row computed exactly as when alone.
-    const int64_t parts = std::max<int64_t>(1, std::min(threads_, B / kRowsPerThread));
+    const std::vector<int64_t> bounds = split(pos, B, T, std::max<int64_t>(1, std::min(threads_, B / kRowsPerThread)));
     std::vector<std::thread> helpers;
-    for (int64_t part = 1; part < parts; ++part)
-      helpers.emplace_back([&, part] { forward(batch, B * part / parts, B * (part + 1) / parts, out); });
-    forward(batch, 0, B / parts, out);
+    for (size_t part = 1; part + 1 < bounds.size(); ++part)
+      helpers.emplace_back([&, part] { forward(batch, bounds[part], bounds[part + 1], out); });
+    forward(batch, bounds[0], bounds[1], out);
     for (auto& helper : helpers) helper.join();
     return logits;
   }
@@ -160,9 +212,9 @@ class Decoder {
 
   // A KV cache (n_layer, B, n_head, block_size, head_size) as a pointer: block (l, b) is contiguous.
   struct Cache {
-    explicit Cache(torch::Tensor& t) : base(t.data_ptr<float>()), layer_stride(t.stride(0)), row_stride(t.stride(1)) {}
-    float* at(int64_t l, int64_t b) const { return base + l * layer_stride + b * row_stride; }
-    float* base;
+    explicit Cache(torch::Tensor& t) : base(t.data_ptr<at::Half>()), layer_stride(t.stride(0)), row_stride(t.stride(1)) {}
+    at::Half* at(int64_t l, int64_t b) const { return base + l * layer_stride + b * row_stride; }
+    at::Half* base;
     int64_t layer_stride, row_stride;
   };
 
@@ -173,6 +225,25 @@ class Decoder {
     int64_t T;
     Cache keys, values;
   };
+
+  // Bounds 0 = b_0 <= b_1 <= ... <= b_parts = B of `parts` contiguous runs of sequences with about equal
+  // work: a sequence's T rows cost their matrix products plus attention over its positions, which
+  // grows with how far along it is (in a crowd, sequences range from just started to the window's
+  // end). Per row, the products (~N^2 multiply-adds, at full speed) took as long as attending to about
+  // N/3 positions (~N each, bound by memory) on the machines measured.
+  std::vector<int64_t> split(const int64_t* pos, int64_t B, int64_t T, int64_t parts) const {
+    auto cost = [&](int64_t b) { return T * (n_embd_ / 3 + pos[b] + T); };
+    int64_t total = 0;
+    for (int64_t b = 0; b < B; ++b) total += cost(b);
+    std::vector<int64_t> bounds{0};
+    int64_t done = 0;
+    for (int64_t b = 0; b < B && static_cast<int64_t>(bounds.size()) < parts; ++b) {
+      done += cost(b);
+      if (done * parts >= total * static_cast<int64_t>(bounds.size())) bounds.push_back(b + 1);
+    }
+    bounds.push_back(B);
+    return bounds;
+  }
 
   // The forward pass of sequences b0..b1-1 of `batch`, writing their logits into `logits` (B, T, vocab).
   void forward(const Batch& batch, int64_t b0, int64_t b1, float* logits) const {
@@ -210,36 +281,56 @@ class Decoder {
     const int64_t N = n_embd_, H = n_head_, D = N / H, S = block_size_, T = batch.T;
     for (int64_t m = 0; m < (b1 - b0) * T; ++m) {
       const int64_t b = b0 + m / T, p = batch.pos[b] + m % T;
-      float* keys = batch.keys.at(l, b);
-      float* values = batch.values.at(l, b);
+      at::Half* keys = batch.keys.at(l, b);
+      at::Half* values = batch.values.at(l, b);
       for (int64_t hd = 0; hd < H; ++hd) {
-        std::copy_n(qkv + m * 3 * N + N + hd * D, D, keys + (hd * S + p) * D);
-        std::copy_n(qkv + m * 3 * N + 2 * N + hd * D, D, values + (hd * S + p) * D);
+        narrow(qkv + m * 3 * N + N + hd * D, D, keys + (hd * S + p) * D);
+        narrow(qkv + m * 3 * N + 2 * N + hd * D, D, values + (hd * S + p) * D);
       }
     }
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
-    std::vector<float> scores(S);
+    std::vector<float> scores(S), wide(kKeys * D);
     for (int64_t task = 0; task < (b1 - b0) * T * H; ++task) {
       const int64_t m = task / H, hd = task % H, b = b0 + m / T, seen = batch.pos[b] + m % T + 1;
       const float* q = qkv + m * 3 * N + hd * D;
-      const float* k = batch.keys.at(l, b) + hd * S * D;
-      const float* v = batch.values.at(l, b) + hd * S * D;
-      float top = -INFINITY;
-      for (int64_t t = 0; t < seen; ++t) {
+      const at::Half* k = batch.keys.at(l, b) + hd * S * D;
+      const at::Half* v = batch.values.at(l, b) + hd * S * D;
+      float* o = out + m * N + hd * D;
+      if (D == 64) head<64>(q, k, v, seen, D, scale, scores.data(), wide.data(), o);
+      else head<0>(q, k, v, seen, D, scale, scores.data(), wide.data(), o);
+    }
+  }
+
+  // One query of one head against its sequence's `seen` cached positions: o = softmax(q.k * scale) v,
+  // the keys and values widened to float32 kKeys positions at a time. kD > 0 fixes the head size at
+  // compile time (the shipped model's 64), so the inner loops are whole vector registers.
+  template <int64_t kD>
+  static void head(const float* __restrict q, const at::Half* k, const at::Half* v, int64_t seen, int64_t head_size,
+                   float scale, float* __restrict scores, float* __restrict wide, float* __restrict o) {
+    const int64_t D = kD ? kD : head_size;
+    float top = -INFINITY;
+    for (int64_t t0 = 0; t0 < seen; t0 += kKeys) {
+      const int64_t n = std::min(kKeys, seen - t0);
+      widen(k + t0 * D, n * D, wide);
+      for (int64_t t = 0; t < n; ++t) {
         float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
-        for (int64_t d = 0; d < D; ++d) dot += q[d] * k[t * D + d];
-        scores[t] = dot * scale;
-        top = std::max(top, scores[t]);
+        for (int64_t d = 0; d < D; ++d) dot += q[d] * wide[t * D + d];
+        scores[t0 + t] = dot * scale;
+        top = std::max(top, dot * scale);
       }
-      float total = 0.f;
-      for (int64_t t = 0; t < seen; ++t) total += scores[t] = std::exp(scores[t] - top);
-      float* o = out + m * N + hd * D;
-      std::fill_n(o, D, 0.f);
-      for (int64_t t = 0; t < seen; ++t) {
-        const float p = scores[t] / total;
+    }
+    float total = 0.f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = 0; t < seen; ++t) total += scores[t] = exp_nonpositive(scores[t] - top);
+    std::fill_n(o, D, 0.f);
+    for (int64_t t0 = 0; t0 < seen; t0 += kKeys) {
+      const int64_t n = std::min(kKeys, seen - t0);
+      widen(v + t0 * D, n * D, wide);
+      for (int64_t t = 0; t < n; ++t) {
+        const float p = scores[t0 + t] / total;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) o[d] += p * v[t * D + d];
+        for (int64_t d = 0; d < D; ++d) o[d] += p * wide[t * D + d];
       }
     }
   }
