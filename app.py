@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", dest="model", help=argparse.SUPPRESS)  # the old name of --model
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how forward passes run: auto (the C++ "
                         "step once it is built, PyTorch float32 until then), torch (float32), int8 (int8 weights), "
-                        "cpp (the C++ step, float32; built in the background after the page is up)")  # fmt: skip
+                        "cpp (the C++ step: float32, float16 KV cache; built in the background once the page is "
+                        "up)")  # fmt: skip
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
                         help="generations decoded together (1: one at a time); others wait in the queue")  # fmt: skip
     # A public Space can turn the Train tab off with a variable: TINYGPT_NO_TRAIN=1.

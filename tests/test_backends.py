@@ -1,6 +1,7 @@
 """The backends (tinygpt.backends) against the PyTorch float32 reference, and the C++ step's limits."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -217,3 +218,18 @@ def test_a_failed_build_says_so_in_one_line_and_leaves_pytorch_in_charge(monkeyp
     assert backends.extension.__wrapped__() is None  # the uncached function: a real build attempt
     err = capsys.readouterr().err
     assert "could not be built, decoding with PyTorch (no C++ compiler found)" in err and len(err.splitlines()) == 1
+
+
+def test_a_build_lock_left_by_a_killed_build_is_removed_and_a_live_one_kept(tmp_path, monkeypatch, capsys):
+    """torch.utils.cpp_extension waits forever for its lock file: a build killed midway (Ctrl-C on a
+    first run) would otherwise hang every later start."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    left, live = tmp_path / "tinygpt_decode" / "lock", tmp_path / "py311_cpu" / "tinygpt_decode" / "lock"
+    for lock in (left, live):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    old = time.time() - backends.STALE_LOCK_S - 60
+    os.utime(left, (old, old))
+    backends.remove_stale_build_lock()
+    assert not left.exists() and live.exists()
+    assert "did not finish" in capsys.readouterr().err

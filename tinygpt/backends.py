@@ -27,6 +27,7 @@ import functools
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +43,7 @@ SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
 # thread, where each PyTorch operation also wakes a second thread pool, C++ is faster at any length.
 MAX_CPP_TOKENS = 64
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd"]  # simd pragmas, no threads
+STALE_LOCK_S = 600  # a build takes about a minute; a build lock this old was left by one that was killed
 
 
 class Backend(Protocol):
@@ -62,6 +64,21 @@ class TorchBackend:
         return self.model(tokens, cache=cache, input_pos=input_pos)[0]
 
 
+def remove_stale_build_lock() -> None:
+    """Remove PyTorch's build lock for the C++ step if a build that was killed (Ctrl-C during a first
+    run) left it behind: every later build would wait for it forever, and the command line with it."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    for lock in [*root.glob("tinygpt_decode/lock"), *root.glob("*/tinygpt_decode/lock")]:  # the latter: py311_cpu/..
+        try:
+            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+                print(f"tinygpt: removed {lock}, left by a build of the C++ step that did not finish", file=sys.stderr)
+        except OSError:  # gone meanwhile, or not ours to remove: the build will say
+            pass
+
+
 @functools.cache
 def extension() -> object | None:
     """The compiled C++ module, or None (and one line on stderr) where it cannot be built."""
@@ -70,6 +87,7 @@ def extension() -> object | None:
     try:
         from torch.utils.cpp_extension import load
 
+        remove_stale_build_lock()
         return load("tinygpt_decode", [str(SOURCE)], extra_cflags=FLAGS)
     except Exception as err:  # no compiler, no ninja, an unusual platform: PyTorch still works
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
