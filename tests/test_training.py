@@ -217,6 +217,17 @@ def test_train_py_on_a_custom_text_file(tmp_path):
     assert json.loads((out / "config.json").read_text())["vocab"] == "".join(sorted(set(text)))
 
 
+def test_the_progress_bar_redraws_rarely_into_a_log_file(tmp_path):
+    """stderr here is a pipe, as in `nohup python train.py > log`: a redraw every 0.1 s would fill it."""
+    data = tmp_path / "mine.txt"
+    data.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    args = ["--data", str(data), "--out", str(tmp_path / "out"), "--n-layer", "1", "--n-embd", "16", "--n-head", "2"]
+    result = run_train_py(*args, "--block-size", "8", "--max-iters", "1500", "--eval-interval", "100000",
+                          "--eval-iters", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "1500/1500" in result.stderr and len(result.stderr.splitlines()) < 30  # not one line per redraw
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +48,7 @@ from tinygpt.model import GPT
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 SHAPE_FIELDS = ("vocab", "block_size", "n_layer", "n_head", "n_embd")  # what a checkpoint's tensors fix
+LOG_REDRAW_S = 30  # seconds between progress-bar redraws when stderr is a file, not a terminal
 
 
 def pick_device(requested: str = "auto") -> str:
@@ -294,7 +296,9 @@ class Trainer:
         if self.threads:
             torch.set_num_threads(self.threads)
         last_logged = self._start_log()
+        # In a terminal the bar redraws in place; in a log file (nohup train.py > log) every redraw is a line.
         bar = tqdm(total=self.config.max_iters or None, initial=self.step, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else LOG_REDRAW_S,
                    disable=not (self.is_main and self.progress_bar))  # fmt: skip
         start = time.perf_counter() - self.elapsed
         with StopRequest(self.stop):
@@ -308,8 +312,8 @@ class Trainer:
                 if done or stopping:
                     break
                 loss = self.train_step(lr)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}", refresh=False)  # drawn by update, when due
                 bar.update()
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
                 if self.step % self.checkpoint_interval == 0:
                     self.elapsed = time.perf_counter() - start
                     self.save_checkpoint()
