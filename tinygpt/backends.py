@@ -12,12 +12,12 @@ once, above them.
           call (`csrc/decode.cpp`) instead of ~150 PyTorch operations. The same function as the
           PyTorch model given a float16 cache (`TorchBackend(model, cache_dtype=torch.float16)`),
           which runs its long prefills (the window's re-prefills: PyTorch's batched matmuls are
-          faster there). The float16 cache halves what attention reads from memory, which bounds a
-          crowded step; it moves the validation loss by less than 0.001 (README: Serving). With
-          `threads` > 1 a step of 8 or more sequences is cut into that many parts of about equal
-          work, one thread each. Compiled on first use (~40 s on 2 cores; cached by
-          torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions).
-          Fastest where it builds.
+          faster there). The float16 cache halves what attention reads from memory, much of a
+          crowded step; the shipped model's validation loss is the same to 5 decimals (README:
+          Generation speed). With `threads` > 1 a step of 8 or more sequences is cut into that
+          many parts of about equal work, one thread each. Compiled on first use (~40 s on 2
+          cores; cached by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or
+          ~/.cache/torch_extensions). Fastest where it builds.
   auto  - cpp where it can be built, else torch.
 """
 
