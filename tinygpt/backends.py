@@ -23,13 +23,19 @@ once, above them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import torch
 
@@ -43,7 +49,6 @@ SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
 # thread, where each PyTorch operation also wakes a second thread pool, C++ is faster at any length.
 MAX_CPP_TOKENS = 64
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd"]  # simd pragmas, no threads
-STALE_LOCK_S = 600  # a build takes about a minute; a build lock this old was left by one that was killed
 
 
 class Backend(Protocol):
@@ -64,19 +69,20 @@ class TorchBackend:
         return self.model(tokens, cache=cache, input_pos=input_pos)[0]
 
 
-def remove_stale_build_lock() -> None:
-    """Remove PyTorch's build lock for the C++ step if a build that was killed (Ctrl-C during a first
-    run) left it behind: every later build would wait for it forever, and the command line with it."""
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
-    for lock in [*root.glob("tinygpt_decode/lock"), *root.glob("*/tinygpt_decode/lock")]:  # the latter: py311_cpu/..
-        try:
-            if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-                lock.unlink()
-                print(f"tinygpt: removed {lock}, left by a build of the C++ step that did not finish", file=sys.stderr)
-        except OSError:  # gone meanwhile, or not ours to remove: the build will say
-            pass
+@contextlib.contextmanager
+def build_lock(build_dir: Path) -> Iterator[None]:
+    """Hold the C++ step's build folder for this process. PyTorch's own lock there is a plain file: a
+    build killed while holding it (Ctrl-C just after `python app.py` starts) leaves it behind, and every
+    later build then waits for it forever. This lock is the operating system's (flock), which goes
+    with its process, so its holder knows that a PyTorch lock in the folder belongs to no one."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "tinygpt.lock", "w") as handle:
+        if fcntl is not None:  # POSIX; elsewhere PyTorch's lock alone, as before
+            fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process builds
+            if (build_dir / "lock").exists():
+                (build_dir / "lock").unlink()
+                print("tinygpt: removed a lock left by a build of the C++ step that did not finish", file=sys.stderr)
+        yield
 
 
 @functools.cache
@@ -85,10 +91,11 @@ def extension() -> object | None:
     if shutil.which("ninja") is None:  # pip's ninja (requirements.txt) sits beside this interpreter
         os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import get_default_build_root, load
 
-        remove_stale_build_lock()
-        return load("tinygpt_decode", [str(SOURCE)], extra_cflags=FLAGS)
+        build_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / "tinygpt_decode"
+        with build_lock(build_dir):
+            return load("tinygpt_decode", [str(SOURCE)], extra_cflags=FLAGS, build_directory=str(build_dir))
     except Exception as err:  # no compiler, no ninja, an unusual platform: PyTorch still works
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"tinygpt: the C++ decode step could not be built, decoding with PyTorch ({reason})", file=sys.stderr)
