@@ -1,4 +1,4 @@
-"""The backends (tinygpt.backends) against the PyTorch float32 reference, and the C++ step's limits."""
+"""The backends (tinygpt.backends) against PyTorch with the same cache dtype; the C++ step's limits and build."""
 
 import os
 import subprocess
