@@ -13,6 +13,7 @@ STARTED = time.perf_counter()  # cold start is measured from here: before the he
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
@@ -36,6 +37,7 @@ from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # no
 from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
+from tinygpt.gradio_sessions import start_sessions_from_template  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.playground import TrainingJob  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
@@ -231,6 +233,7 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
         stop.click(None, cancels=[event])
         confidence.select(candidates_at, inputs=trace, outputs=candidates, api_visibility="private")
         gr.api(make_generate(engine), api_name="generate", concurrency_limit=engine.max_batch, concurrency_id="model")
+    start_sessions_from_template(demo)  # an API call is a new session: it should not rebuild the page's config
     return demo
 
 
@@ -326,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
                 max_threads=max(40, 2 * args.max_batch + 8), prevent_thread_lock=True,
                 max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
+    # What exists now (the model, Gradio's page: ~400k objects) lives as long as the server: out of the
+    # garbage collector's sight, whose full passes over it stopped every stream for ~0.2 s each.
+    gc.freeze()
     print(
         f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, decoding with {engine.backend.name}"
         f"{' until the C++ step is built' if compile_later else ''}, up to {args.max_batch} generations at once; "
