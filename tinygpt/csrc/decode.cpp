@@ -145,6 +145,77 @@ inline float exp_nonpositive(float x) {
 
 const float* data(const torch::Tensor& t) { return t.data_ptr<float>(); }
 
+#if defined(__AVX512F__)
+inline __m512 load_half16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+
+// The 16 sums of 16 vectors: out[i] = x[i][0] + ... + x[i][15], by a tree of shuffles and adds (45
+// instructions, where reducing each vector alone takes ~8 each).
+inline __m512 sum_each(const __m512 x[16]) {
+  __m512 pairs[8], quads[4];
+  for (int i = 0; i < 8; ++i)  // each 128-bit lane: partial sums of x[2i] and x[2i+1]
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]), _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+  for (int i = 0; i < 4; ++i)  // each 128-bit lane: [x[4i], .., x[4i+3]], summed over that lane
+    quads[i] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0x44),
+                             _mm512_shuffle_ps(pairs[2 * i], pairs[2 * i + 1], 0xEE));
+  const __m512 low = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88), _mm512_shuffle_f32x4(quads[0], quads[1], 0xDD));
+  const __m512 high = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88), _mm512_shuffle_f32x4(quads[2], quads[3], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
+}
+
+// head<64>'s computation in AVX-512 registers: the float16 keys and values are widened where they are
+// used, 16 positions' scores are summed together (sum_each), and the output stays in registers.
+void head64(const float* q, const at::Half* k, const at::Half* v, int64_t seen, float scale, float* scores, float* o) {
+  constexpr int64_t D = 64;
+  const __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16), q2 = _mm512_loadu_ps(q + 32),
+               q3 = _mm512_loadu_ps(q + 48);
+  auto products = [&](const at::Half* kt) {  // q . kt, as 16 partial sums
+    __m512 acc = _mm512_mul_ps(q0, load_half16(kt));
+    acc = _mm512_fmadd_ps(q1, load_half16(kt + 16), acc);
+    acc = _mm512_fmadd_ps(q2, load_half16(kt + 32), acc);
+    return _mm512_fmadd_ps(q3, load_half16(kt + 48), acc);
+  };
+  const __m512 scale16 = _mm512_set1_ps(scale);
+  __m512 top16 = _mm512_set1_ps(-INFINITY);
+  int64_t t0 = 0;
+  for (; t0 + kKeys <= seen; t0 += kKeys) {
+    prefetch(k + (t0 + kKeys) * D, std::min(kKeys, seen - t0 - kKeys) * D);
+    prefetch(v + t0 * D, kKeys * D);
+    __m512 dots[kKeys];
+    for (int64_t t = 0; t < kKeys; ++t) dots[t] = products(k + (t0 + t) * D);
+    const __m512 s = _mm512_mul_ps(sum_each(dots), scale16);
+    _mm512_storeu_ps(scores + t0, s);
+    top16 = _mm512_max_ps(top16, s);
+  }
+  float top = _mm512_reduce_max_ps(top16);
+  for (int64_t t = t0; t < seen; ++t) {
+    scores[t] = _mm512_reduce_add_ps(products(k + t * D)) * scale;
+    top = std::max(top, scores[t]);
+  }
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t t = 0; t < seen; ++t) total += scores[t] = exp_nonpositive(scores[t] - top);
+  // Two sets of accumulators, for even and odd positions: twice the additions in flight.
+  __m512 even[4] = {}, odd[4] = {};
+  int64_t t = 0;
+  for (; t + 2 <= seen; t += 2) {
+    const __m512 pe = _mm512_set1_ps(scores[t]), po = _mm512_set1_ps(scores[t + 1]);
+    for (int c = 0; c < 4; ++c) {
+      even[c] = _mm512_fmadd_ps(pe, load_half16(v + t * D + 16 * c), even[c]);
+      odd[c] = _mm512_fmadd_ps(po, load_half16(v + (t + 1) * D + 16 * c), odd[c]);
+    }
+  }
+  if (t < seen) {
+    const __m512 pe = _mm512_set1_ps(scores[t]);
+    for (int c = 0; c < 4; ++c) even[c] = _mm512_fmadd_ps(pe, load_half16(v + t * D + 16 * c), even[c]);
+  }
+  const __m512 norm = _mm512_set1_ps(1.f / total);
+  for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), norm));
+}
+#endif
+
+
 }  // namespace
 
 // The model's float32 weights, taken from its state_dict by name, the matrices rearranged as panels.
@@ -303,7 +374,11 @@ class Decoder {
       const at::Half* k = batch.keys.at(l, b) + hd * S * D;
       const at::Half* v = batch.values.at(l, b) + hd * S * D;
       float* o = out + m * N + hd * D;
+#if defined(__AVX512F__)
+      if (D == 64) head64(q, k, v, seen, scale, scores.data(), o);
+#else
       if (D == 64) head<64>(q, k, v, seen, D, scale, scores.data(), wide.data(), o);
+#endif
       else head<0>(q, k, v, seen, D, scale, scores.data(), wide.data(), o);
     }
   }
