@@ -65,7 +65,8 @@ class Trace:
 
     def add(self, char: str, logits: torch.Tensor) -> None:
         self.chars.append(char)
-        self.logits.append(logits)
+        # A copy: the engine's logits are a row of its whole batch's, which the session would keep alive.
+        self.logits.append(logits.clone())
 
 
 def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:

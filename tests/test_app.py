@@ -11,11 +11,12 @@ import pytest
 import torch
 from gradio_client import Client
 
-from app import build_demo, inside_view, make_generate, make_run, share_service_reachable, switch_to_cpp
+from app import Trace, build_demo, inside_view, make_generate, make_run, share_service_reachable, switch_to_cpp
 from tinygpt import backends
 from tinygpt.backends import TorchBackend, load_backend
 from tinygpt.checkpoint import load_model
 from tinygpt.engine import Engine
+from tinygpt.generate import Decoder, Sequence
 
 
 @pytest.fixture
@@ -74,6 +75,17 @@ def test_inside_view_colours_each_new_character_and_lists_candidates(engine):
     first = next(iter(inside_view(trace, 2)[1]))
     assert first == {"\n": "⏎", " ": "␣"}.get(text[6 + 2], text[6 + 2])
     assert inside_view(None) == ([], {})
+
+
+def test_a_trace_keeps_its_own_logits_not_the_batch_they_came_from(tiny_model):
+    decoder = Decoder(TorchBackend(tiny_model), max_batch=3)
+    for seed in range(3):
+        decoder.add(Sequence([1, 2, 3], 5, 0.8, generator=torch.Generator().manual_seed(seed)))
+    trace = Trace("", tiny_model.config.vocab)
+    for token in decoder.step():  # the engine's tokens: each row's logits, from one batched pass
+        trace.add("a", token.logits)
+    # A session keeps its trace: 65 numbers per character, not the whole batch's 3 x 65.
+    assert [row.untyped_storage().nbytes() for row in trace.logits] == [4 * tiny_model.config.vocab_size] * 3
 
 
 def test_build_demo_exposes_only_the_generate_api(engine):
