@@ -61,12 +61,13 @@ class Trace:
     prompt: str
     vocab: str
     chars: list[str] = field(default_factory=list)
-    logits: list[torch.Tensor] = field(default_factory=list)  # per new character: the model's (V,) logits
+    logits: list[torch.Tensor] = field(default_factory=list)  # (n, V) blocks: the model's logits per new character
 
-    def add(self, char: str, logits: torch.Tensor) -> None:
-        self.chars.append(char)
-        # A copy: the engine's logits are a row of its whole batch's, which the session would keep alive.
-        self.logits.append(logits.clone())
+    def add(self, chars: list[str], logits: list[torch.Tensor]) -> None:
+        """New characters and the (V,) logits of each. They are copied into one block: the engine's
+        rows are views of its whole batch's logits, which the session would otherwise keep alive."""
+        self.chars += chars
+        self.logits.append(torch.stack(logits))
 
 
 def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
@@ -85,10 +86,9 @@ def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
         # Closed with this generator (Gradio closes it on Stop or a closed tab): the engine then drops it.
         with contextlib.closing(engine.generate(sequences[0], STREAM_INTERVAL_S)) as stream:
             for tokens in stream:
-                for token in tokens:
-                    char = tokenizer.vocab[token.token]
-                    text += char
-                    trace.add(char, token.logits)
+                chars = [tokenizer.vocab[token.token] for token in tokens]
+                text += "".join(chars)
+                trace.add(chars, [token.logits for token in tokens])
                 yield text, trace
 
     return run
@@ -121,7 +121,7 @@ def inside_view(trace: Trace | None, position: int | None = None) -> tuple[list,
     candidates the model weighed at one position (default: the last character)."""
     if trace is None or not trace.chars:
         return [], {}
-    probs = torch.stack(trace.logits).float().softmax(dim=-1)  # computed only when the view is shown
+    probs = torch.cat(trace.logits).float().softmax(dim=-1)  # computed only when the view is shown
     chosen = probs.gather(1, torch.tensor([[trace.vocab.index(c)] for c in trace.chars]))[:, 0].tolist()
     # HighlightedText colours scores in [-1, 1] by sign and size: 2p - 1 puts p = 0.5 at no colour.
     spans = [(trace.prompt, None), *((c, round(2 * p - 1, 3)) for c, p in zip(trace.chars, chosen, strict=True))]

@@ -82,10 +82,10 @@ def test_a_trace_keeps_its_own_logits_not_the_batch_they_came_from(tiny_model):
     for seed in range(3):
         decoder.add(Sequence([1, 2, 3], 5, 0.8, generator=torch.Generator().manual_seed(seed)))
     trace = Trace("", tiny_model.config.vocab)
-    for token in decoder.step():  # the engine's tokens: each row's logits, from one batched pass
-        trace.add("a", token.logits)
+    for token in decoder.step()[:2]:  # the engine's tokens: each row's logits, from one batched pass
+        trace.add(["a"], [token.logits])
     # A session keeps its trace: 65 numbers per character, not the whole batch's 3 x 65.
-    assert [row.untyped_storage().nbytes() for row in trace.logits] == [4 * tiny_model.config.vocab_size] * 3
+    assert [block.untyped_storage().nbytes() for block in trace.logits] == [4 * tiny_model.config.vocab_size] * 2
 
 
 def test_build_demo_exposes_only_the_generate_api(engine):
