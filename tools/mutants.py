@@ -146,6 +146,16 @@ MUTANTS = [
     Mutant("validation loss divides by one too many", "tinygpt/evaluate.py",
            [("loss = total / n_targets", "loss = total / (n_targets + 1)")],
            ["tests/test_evaluate.py", "-k", "window"]),
+    Mutant("sessions from the template share their components' props", "tinygpt/gradio_sessions.py",
+           [('config["props"] = dict(config["props"])', 'config["props"] = config["props"]')],
+           ["tests/test_gradio_sessions.py"]),
+    Mutant("a trace keeps a view into the engine's whole batch of logits", "app.py",
+           [("self.logits.append(torch.stack(logits))", "self.logits.append(logits[0][None] if len(logits) == 1 "
+             "else torch.stack(logits))")],
+           ["tests/test_app.py", "-k", "trace"]),
+    Mutant("attention (head size 64) sums the wrong halves of its scores", "tinygpt/csrc/decode.cpp",
+           [("pairs[2 * i + 1], 0xEE)", "pairs[2 * i + 1], 0xEB)")],
+           ["tests/test_backends.py"]),
 ]  # fmt: skip
 
 
