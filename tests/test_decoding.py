@@ -4,8 +4,7 @@ import torch
 
 from tinygpt.backends import TorchBackend
 from tinygpt.generate import UNIFORM_BLOCK, Decoder, Sequence, complete, decode, start
-from tinygpt.model import GPT, KVCache
-from tinygpt.sampling import draw, filter_logits, sample_next
+from tinygpt.model import GPT, KVCache, draw, filter_logits, sample_next
 
 # tiny_config has block_size 16, so 40 new tokens run well past the window.
 

@@ -54,10 +54,10 @@ def test_the_package_has_no_import_cycle():
     assert cycles(graph()) == []
 
 
-def test_the_model_imports_only_the_config_and_sampling_which_import_nothing_of_ours():
+def test_the_model_imports_only_the_config_which_imports_nothing_of_ours():
     edges = graph()
-    assert edges["tinygpt.model"] <= {"tinygpt.config", "tinygpt.sampling"}
-    assert edges["tinygpt.config"] == set() and edges["tinygpt.sampling"] == set()
+    assert edges["tinygpt.model"] == {"tinygpt.config"}
+    assert edges["tinygpt.config"] == set()
 
 
 def test_evaluation_and_training_load_neither_generation_nor_the_cpp_loader():

@@ -34,8 +34,7 @@ import torch
 
 from tinygpt.backends import BACKENDS, Backend, load_backend
 from tinygpt.checkpoint import WEIGHTS_DIR, load_model
-from tinygpt.model import KVCache
-from tinygpt.sampling import sample_rows
+from tinygpt.model import KVCache, choose
 from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
 
 MAX_NEW_TOKENS = 2000
@@ -87,6 +86,24 @@ class Token(NamedTuple):
     sequence: Sequence
     token: int
     logits: torch.Tensor  # (V,) the model's logits it was drawn from (their softmax: its distribution at temperature 1)
+
+
+def sample_rows(
+    logits: torch.Tensor, settings: list[tuple[float, int | None, float | None]], uniforms: list[float]
+) -> list[int]:
+    """One token for each row of logits (B, C), row i with its own (temperature, top_k, top_p) and
+    uniform (unused when greedy): the token `sample_next` draws for that row alone, given that
+    uniform. Rows that share settings share the arithmetic, a few operations for the whole batch."""
+    tokens = [0] * len(settings)
+    groups: dict[tuple[float, int | None, float | None], list[int]] = {}
+    for row, setting in enumerate(settings):
+        groups.setdefault(setting, []).append(row)
+    for (temperature, top_k, top_p), rows in groups.items():
+        group = logits if len(rows) == len(settings) else logits[rows]
+        u = torch.tensor([uniforms[row] for row in rows], dtype=torch.float64)
+        for row, token in zip(rows, choose(group, temperature, top_k, top_p, u).tolist(), strict=True):
+            tokens[row] = token
+    return tokens
 
 
 class Decoder:
