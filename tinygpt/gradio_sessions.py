@@ -21,7 +21,7 @@ import weakref
 import gradio as gr
 from gradio import state_holder
 
-_templates: weakref.WeakKeyDictionary[gr.Blocks, dict] = weakref.WeakKeyDictionary()
+_templates: weakref.WeakKeyDictionary[gr.Blocks, dict | None] = weakref.WeakKeyDictionary()  # None: not built yet
 _gradio_init = state_holder.SessionState.__init__
 
 
@@ -46,14 +46,14 @@ class _WithoutComponents:
 
 
 def _init_session(session: state_holder.SessionState, blocks: gr.Blocks) -> None:
-    template = _templates.get(blocks) if isinstance(blocks, gr.Blocks) else None
-    if template is None:
+    if blocks not in _templates:  # a page without a template: Gradio's own construction
         _gradio_init(session, blocks)
-        if isinstance(blocks, gr.Blocks) and blocks in _templates:  # the page's first session
-            _templates[blocks] = copy_config(session.config_values)
-        return
-    _gradio_init(session, _WithoutComponents(blocks))
-    session.config_values = copy_config(template)
+    elif _templates[blocks] is None:  # the page's first session: Gradio builds it, a copy is the template
+        _gradio_init(session, blocks)
+        _templates[blocks] = copy_config(session.config_values)
+    else:
+        _gradio_init(session, _WithoutComponents(blocks))
+        session.config_values = copy_config(_templates[blocks])
 
 
 def start_sessions_from_template(demo: gr.Blocks) -> None:
