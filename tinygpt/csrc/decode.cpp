@@ -91,12 +91,18 @@ void layer_norm(const float* x, int64_t rows, int64_t n, const float* gain, cons
   }
 }
 
+#if defined(__AVX512F__)
+// 16 float16s from memory as float32s.
+inline __m512 load_half16(const at::Half* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+#endif
+
 // dst[i] = src[i], float16 to float32, 16 or 8 at a time where the CPU has an instruction for that.
 void widen(const at::Half* src, int64_t n, float* dst) {
   int64_t i = 0;
 #if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_half16(src + i));
 #elif defined(__F16C__)
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
@@ -143,13 +149,17 @@ inline float exp_nonpositive(float x) {
   return e * two_to_n;
 }
 
+// scores[t] = e^(scores[t] - top) for t < seen (top: their maximum); returns their sum.
+inline float exponentiate(float* scores, int64_t seen, float top) {
+  float total = 0.f;
+#pragma omp simd reduction(+ : total)
+  for (int64_t t = 0; t < seen; ++t) total += scores[t] = exp_nonpositive(scores[t] - top);
+  return total;
+}
+
 const float* data(const torch::Tensor& t) { return t.data_ptr<float>(); }
 
 #if defined(__AVX512F__)
-inline __m512 load_half16(const at::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-
 // The 16 sums of 16 vectors: out[i] = x[i][0] + ... + x[i][15], by a tree of shuffles and adds (45
 // instructions, where reducing each vector alone takes ~8 each).
 inline __m512 sum_each(const __m512 x[16]) {
@@ -193,9 +203,7 @@ void head64(const float* q, const at::Half* k, const at::Half* v, int64_t seen, 
     scores[t] = _mm512_reduce_add_ps(products(k + t * D)) * scale;
     top = std::max(top, scores[t]);
   }
-  float total = 0.f;
-#pragma omp simd reduction(+ : total)
-  for (int64_t t = 0; t < seen; ++t) total += scores[t] = exp_nonpositive(scores[t] - top);
+  const float total = exponentiate(scores, seen, top);
   // Two sets of accumulators, for even and odd positions: twice the additions in flight.
   __m512 even[4] = {}, odd[4] = {};
   int64_t t = 0;
@@ -406,9 +414,7 @@ class Decoder {
         top = std::max(top, dot * scale);
       }
     }
-    float total = 0.f;
-#pragma omp simd reduction(+ : total)
-    for (int64_t t = 0; t < seen; ++t) total += scores[t] = exp_nonpositive(scores[t] - top);
+    const float total = exponentiate(scores, seen, top);
     std::fill_n(o, D, 0.f);
     for (int64_t t0 = 0; t0 < seen; t0 += kKeys) {
       const int64_t n = std::min(kKeys, seen - t0);
