@@ -6,8 +6,9 @@
 Starts app.py on a free port as shipped (the batching engine, default --max-batch), waits until it
 decodes with its final backend (the C++ step once built), and runs N threads, each with its own
 HTTP connection, each sending M requests one after another (all threads start together) to Gradio's
-HTTP API for /generate and reading the stream of updates (lighter than gradio_client, whose
-per-update work would take a core from the server on this 2-core machine).
+HTTP API for /generate and reading the stream of updates. The clients use the standard library's
+http.client: they share the server's cores, and httpx or gradio_client take several times more CPU per
+character from them, which only the batched page (the one short of CPU) would feel.
 Every answer is checked: the prompt followed by exactly --chars characters of the model's alphabet.
 Then the same against app.py --max-batch 1 (one generation at a time, as before batching). For
 each: completed, errors, latency p50/p95/max, first-character latency p95, aggregate
@@ -24,6 +25,7 @@ is one JSON object; the exit status is 1 if any check failed.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -33,12 +35,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # offline: no calls home from the clients
 
-import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from tinygpt.checkpoint import CONFIG_FILE, WEIGHTS_DIR, read_config, resolve  # noqa: E402
@@ -151,29 +153,35 @@ def well_formed(text: object, prompt: str, chars: int, vocab: str) -> bool:
 
 
 def one_request(
-    http: httpx.Client, url: str, prompt: str, chars: int, seed: int, vocab: str, results: Results, timeout: float
+    connection: http.client.HTTPConnection, prompt: str, chars: int, seed: int, vocab: str, results: Results
 ) -> None:
     """One /generate call through Gradio's HTTP API, reading its stream of server-sent events."""
     start = time.perf_counter()
     first_char, text = None, None
     try:
-        posted = http.post(f"{url}gradio_api/call/generate", json={"data": [prompt, chars, 0.8, 0, 1.0, seed]})
-        if posted.status_code != 200:
-            raise RuntimeError(f"HTTP {posted.status_code}: {posted.text[:200]}")
-        with http.stream("GET", f"{url}gradio_api/call/generate/{posted.json()['event_id']}") as stream:
-            event = None
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    event = line[len("event: ") :]
-                elif line.startswith("data: ") and event == "error":
-                    raise RuntimeError(line[len("data: ") :][:200])
-                elif line.startswith("data: ") and event in ("generating", "complete"):
-                    text = json.loads(line[len("data: ") :])[0]
-                    if first_char is None and len(text) > len(prompt):
-                        first_char = time.perf_counter() - start
-                    if event == "complete":
-                        break
+        body = json.dumps({"data": [prompt, chars, 0.8, 0, 1.0, seed]})
+        connection.request("POST", "/gradio_api/call/generate", body, {"Content-Type": "application/json"})
+        posted = connection.getresponse()
+        answer = posted.read()
+        if posted.status != 200:
+            raise RuntimeError(f"HTTP {posted.status}: {answer[:200]!r}")
+        connection.request("GET", f"/gradio_api/call/generate/{json.loads(answer)['event_id']}")
+        stream = connection.getresponse()
+        event = None
+        while line := stream.readline().decode():
+            if line.startswith("event: "):
+                event = line[len("event: ") :].strip()
+            elif line.startswith("data: ") and event == "error":
+                raise RuntimeError(line[len("data: ") :][:200])
+            elif line.startswith("data: ") and event in ("generating", "complete"):
+                text = json.loads(line[len("data: ") :])[0]
+                if first_char is None and len(text) > len(prompt):
+                    first_char = time.perf_counter() - start
+                if event == "complete":
+                    break
+        stream.read()  # the rest of the response, so the connection can carry the next request
     except Exception as err:  # a timeout (a hang) counts too
+        connection.close()  # a fresh connection for this client's next request
         results.error(time.perf_counter() - start, f"{type(err).__name__}: {err}")
         return
     if well_formed(text, prompt, chars, vocab):
@@ -185,7 +193,8 @@ def one_request(
 def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, timeout: float) -> tuple[Results, float]:
     """`clients` threads, each with its own HTTP connection, all starting together; returns the results
     and wall time."""
-    connected = [httpx.Client(timeout=timeout) for _ in range(clients)]
+    address = urlsplit(url)
+    connected = [http.client.HTTPConnection(address.hostname, address.port, timeout=timeout) for _ in range(clients)]
     start_line = threading.Barrier(clients + 1)
     results = Results()
 
@@ -193,7 +202,7 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
         start_line.wait()
         for j in range(requests):
             prompt = PROMPTS[(i + j) % len(PROMPTS)]
-            one_request(connected[i], url, prompt, chars, 1000 * i + j, vocab, results, timeout)
+            one_request(connected[i], prompt, chars, 1000 * i + j, vocab, results)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -203,8 +212,8 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
     for thread in threads:
         thread.join()
     wall_s = time.perf_counter() - start
-    for http in connected:
-        http.close()
+    for connection in connected:
+        connection.close()
     return results, wall_s
 
 
