@@ -18,7 +18,7 @@ import os  # noqa: E402
 import random  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import AsyncIterator, Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -70,22 +70,23 @@ class Trace:
         self.logits.append(torch.stack(logits))
 
 
-def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
+def make_run(engine: Engine) -> Callable[..., AsyncIterator[tuple[str, Trace]]]:
     """Generation shared by the page and the API: yields (text so far, trace) about every 50 ms.
 
     Every run joins the engine's batch; closing the iterator (Stop, a closed tab) frees its place.
+    Async, so Gradio runs it on its event loop: a crowd's waiting streams hold no threads.
     """
     tokenizer = CharTokenizer(engine.decoder.config.vocab)
 
-    def run(prompt, max_new_tokens, temperature, top_k, top_p, seed) -> Iterator[tuple[str, Trace]]:
+    async def run(prompt, max_new_tokens, temperature, top_k, top_p, seed) -> AsyncIterator[tuple[str, Trace]]:
         try:
             text, sequences = start(tokenizer, prompt, max_new_tokens, temperature, seed, top_k, top_p)
         except InputError as err:  # shown to the person (or API client) as a message, not a stack trace
             raise gr.Error(str(err), print_exception=False) from None
         trace = Trace(text, tokenizer.vocab)
         # Closed with this generator (Gradio closes it on Stop or a closed tab): the engine then drops it.
-        with contextlib.closing(engine.generate(sequences[0], STREAM_INTERVAL_S)) as stream:
-            for tokens in stream:
+        async with contextlib.aclosing(engine.generate(sequences[0], STREAM_INTERVAL_S)) as stream:
+            async for tokens in stream:
                 chars = [tokenizer.vocab[token.token] for token in tokens]
                 text += "".join(chars)
                 trace.add(chars, [token.logits for token in tokens])
@@ -94,24 +95,25 @@ def make_run(engine: Engine) -> Callable[..., Iterator[tuple[str, Trace]]]:
     return run
 
 
-def make_generate(engine: Engine) -> Callable[..., Iterator[str]]:
+def make_generate(engine: Engine) -> Callable[..., AsyncIterator[str]]:
     """The /generate API: the same generation, text only."""
     run = make_run(engine)
 
-    def generate(
+    async def generate(
         prompt: str,
         max_new_tokens: int = 200,
         temperature: float = 0.8,
         top_k: int = 0,
         top_p: float = 1.0,
         seed: int | None = None,
-    ) -> Iterator[str]:
+    ) -> AsyncIterator[str]:
         """Continue `prompt` by exactly `max_new_tokens` characters; streams the growing text.
 
         temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off; a seed makes it repeatable.
         """
-        for text, _ in run(prompt, max_new_tokens, temperature, top_k, top_p, seed):
-            yield text
+        async with contextlib.aclosing(run(prompt, max_new_tokens, temperature, top_k, top_p, seed)) as texts:
+            async for text, _ in texts:
+                yield text
 
     return generate
 
@@ -154,11 +156,12 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
     model = engine.decoder.backend.model
     n_params = model.num_params() / 1e6
 
-    def write(prompt, max_new_tokens, temperature, top_k, top_p, seed, random_seed):
+    async def write(prompt, max_new_tokens, temperature, top_k, top_p, seed, random_seed):
         if random_seed or seed is None:
             seed = random.randint(0, MAX_SEED)  # shown in the seed box, so the result can be reproduced
-        for text, trace in run(prompt, max_new_tokens, temperature, top_k, top_p, seed):
-            yield text, seed, trace
+        async with contextlib.aclosing(run(prompt, max_new_tokens, temperature, top_k, top_p, seed)) as texts:
+            async for text, trace in texts:
+                yield text, seed, trace
 
     with gr.Blocks(title="Tiny_GPT") as demo:
         gr.Markdown(
@@ -326,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
               file=sys.stderr)  # fmt: skip
     demo.queue(max_size=QUEUE_SIZE)
-    # Every running generation holds a worker thread while it waits for its next characters.
-    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME,
-                max_threads=max(40, 2 * args.max_batch + 8), prevent_thread_lock=True,
+    demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME, prevent_thread_lock=True,
                 max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
     # What exists now (the model, Gradio's page: ~400k objects) lives as long as the server: out of the
     # garbage collector's sight, whose full passes over it stopped every stream for ~0.2 s each.

@@ -22,6 +22,7 @@ stderr; the last line on stdout is one JSON object.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -74,8 +75,13 @@ def run_alone(backend, prompt: list[int], n: int, count: int = 1) -> None:
 
 
 def run_engine(engine: Engine, prompt: list[int], n: int) -> None:
-    for _ in engine.generate(sequences(prompt, n)[0], PAGE_STREAM_INTERVAL_S):
-        pass
+    """One generation through the engine, read as the page reads it: on an event loop."""
+
+    async def read() -> None:
+        async for _ in engine.generate(sequences(prompt, n)[0], PAGE_STREAM_INTERVAL_S):
+            pass
+
+    asyncio.run(read())
 
 
 def transformers_twin(model: GPT, n_positions: int):

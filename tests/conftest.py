@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import huggingface_hub
@@ -172,3 +175,23 @@ def fake_hub(monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     return calls
+
+
+_loops = threading.local()
+
+
+def read(stream: AsyncIterator) -> Iterator:
+    """An async iterator (the engine's streams, the page's handlers) as a plain one, stepped on this
+    thread's own event loop as Gradio's would step it; closing it closes the stream."""
+    if not hasattr(_loops, "loop"):
+        _loops.loop = asyncio.new_event_loop()
+    loop = _loops.loop
+    try:
+        while True:
+            try:
+                item = loop.run_until_complete(anext(stream))
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        loop.run_until_complete(stream.aclose())

@@ -12,6 +12,7 @@ import torch
 from gradio_client import Client
 
 from app import Trace, build_demo, inside_view, make_generate, make_run, share_service_reachable, switch_to_cpp
+from tests.conftest import read
 from tinygpt import backends
 from tinygpt.backends import TorchBackend, load_backend
 from tinygpt.checkpoint import load_model
@@ -26,23 +27,23 @@ def engine(tiny_model) -> Engine:
 
 def test_generate_streams_the_growing_text_and_ends_with_prompt_plus_n(engine):
     generate = make_generate(engine)
-    updates = list(generate("ROMEO:", 400, 0.8, seed=1))
+    updates = list(read(generate("ROMEO:", 400, 0.8, seed=1)))
     assert updates[-1].startswith("ROMEO:") and len(updates[-1]) == len("ROMEO:") + 400
     assert all(updates[-1].startswith(u) for u in updates)  # each update extends the previous text
-    assert list(generate("ROMEO:", 400, 0.8, seed=1))[-1] == updates[-1]
+    assert list(read(generate("ROMEO:", 400, 0.8, seed=1)))[-1] == updates[-1]
 
 
 def test_the_page_moves_to_the_cpp_step_with_a_thread_per_cpu_for_large_batches(engine, tiny_model):
     if backends.extension() is None:
         pytest.skip("the C++ decode step could not be built here")
     switch_to_cpp(engine, tiny_model)
-    assert len(list(make_generate(engine)("ROMEO:", 20, 0.8, seed=1))[-1]) == len("ROMEO:") + 20  # a step swaps
+    assert len(list(read(make_generate(engine)("ROMEO:", 20, 0.8, seed=1)))[-1]) == len("ROMEO:") + 20  # a step swaps
     assert engine.decoder.backend.name == "cpp" and engine.decoder.backend.threads == torch.get_num_threads()
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # else PyTorch's spinning workers take that thread's core
 
 
 def test_generate_accepts_the_floats_a_slider_sends(engine):
-    assert len(list(make_generate(engine)("", 12.0, 0.0, 3.0, 0.9))[-1]) == 12
+    assert len(list(read(make_generate(engine)("", 12.0, 0.0, 3.0, 0.9)))[-1]) == 12
 
 
 @pytest.mark.parametrize(
@@ -58,12 +59,12 @@ def test_generate_accepts_the_floats_a_slider_sends(engine):
 )
 def test_bad_input_becomes_a_gradio_error(engine, args, message):
     with pytest.raises(gr.Error) as err:
-        list(make_generate(engine)(*args))
+        list(read(make_generate(engine)(*args)))
     assert message in str(err.value)
 
 
 def test_inside_view_colours_each_new_character_and_lists_candidates(engine):
-    *_, (text, trace) = make_run(engine)("ROMEO:", 30, 1.0, 0, 1.0, 2)
+    *_, (text, trace) = read(make_run(engine)("ROMEO:", 30, 1.0, 0, 1.0, 2))
     spans, candidates = inside_view(trace)
     assert spans[0] == ("ROMEO:", None)
     assert "".join(s for s, _ in spans) == text
@@ -71,7 +72,7 @@ def test_inside_view_colours_each_new_character_and_lists_candidates(engine):
     assert len(candidates) == 10 and sum(candidates.values()) <= 1.0001
     assert list(candidates.values()) == sorted(candidates.values(), reverse=True)
     # Greedy decoding always picks the top candidate, so the chart's first bar is the character written.
-    *_, (text, trace) = make_run(engine)("ROMEO:", 5, 0, 0, 1.0, 2)
+    *_, (text, trace) = read(make_run(engine)("ROMEO:", 5, 0, 0, 1.0, 2))
     first = next(iter(inside_view(trace, 2)[1]))
     assert first == {"\n": "⏎", " ": "␣"}.get(text[6 + 2], text[6 + 2])
     assert inside_view(None) == ([], {})
@@ -131,7 +132,7 @@ def test_api_takes_every_parameter_by_name_and_the_seed_reproduces(server, tiny_
     # The server's answer is the library's answer for the same settings (float32, on PyTorch or the C++
     # step: the same function).
     engine = Engine(load_backend(load_model(tiny_weights)))
-    assert text == list(make_generate(engine)(*params.values()))[-1]
+    assert text == list(read(make_generate(engine)(*params.values())))[-1]
 
 
 @pytest.mark.slow
@@ -150,7 +151,7 @@ def test_api_bad_input_is_a_clear_error_and_the_server_keeps_serving(server):
 
 def test_closing_a_run_frees_its_place_in_the_engine(engine):
     """Stop and a closed tab: Gradio closes the generator; the engine must drop the generation."""
-    run = make_run(engine)("ROMEO:", 2000, 0.8, 0, 1.0, 1)
+    run = read(make_run(engine)("ROMEO:", 2000, 0.8, 0, 1.0, 1))
     next(run)
     [sequence] = engine.decoder.sequences
     run.close()

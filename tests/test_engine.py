@@ -7,6 +7,7 @@ import pytest
 import torch
 from gradio_client import Client
 
+from tests.conftest import read
 from tinygpt import backends
 from tinygpt.backends import CppBackend, TorchBackend
 from tinygpt.engine import STREAM_CROWD, Engine
@@ -37,7 +38,7 @@ def alone(backend, tokenizer: CharTokenizer, request: tuple, n: int = N) -> str:
 def through(engine: Engine, tokenizer: CharTokenizer, request: tuple, n: int = N):
     prompt, temperature, top_k, top_p, seed = request
     text, sequences = start(tokenizer, prompt, n, temperature, seed, top_k, top_p)
-    return text, engine.generate(sequences[0])
+    return text, read(engine.generate(sequences[0]))
 
 
 def collect(streams: list, vocab: str) -> list[str]:
@@ -119,11 +120,11 @@ def test_a_paced_stream_hears_the_end_at_once(sharp_model, tokenizer):
     _, sequences = start(tokenizer, "ROMEO:", N, 1.0, 1)
     received = []
 
-    def read() -> None:
-        for tokens in engine.generate(sequences[0], interval=3600.0):
+    def listen() -> None:
+        for tokens in read(engine.generate(sequences[0], interval=3600.0)):
             received.extend(tokens)
 
-    reader = threading.Thread(target=read, daemon=True)
+    reader = threading.Thread(target=listen, daemon=True)
     reader.start()
     reader.join(timeout=60)  # a stream that slept its full pause would still be asleep
     assert not reader.is_alive()

@@ -11,7 +11,7 @@ from gradio_client import Client
 from gradio_client.utils import Status
 
 from app import QUEUE_SIZE, build_demo, make_generate
-from tests.conftest import free_port, start_app, stop_app
+from tests.conftest import free_port, read, start_app, stop_app
 from tinygpt.backends import TorchBackend
 from tinygpt.checkpoint import load_model
 from tinygpt.config import GPTConfig
@@ -64,7 +64,7 @@ def test_a_cancelled_generation_stops_and_the_next_request_is_served(in_process)
     assert len(job.outputs()) >= 2 and not job.done()
     job.cancel()
     # Each pass is one step of the batch: had the cancelled generation run on, it would take 2000.
-    assert client.predict("JULIET:", 20, 0.0, api_name="/generate") == list(generate("JULIET:", 20, 0.0))[-1]
+    assert client.predict("JULIET:", 20, 0.0, api_name="/generate") == list(read(generate("JULIET:", 20, 0.0)))[-1]
     time.sleep(0.5)
     assert counter.passes < 1000
     assert job.status().code == Status.CANCELLED
@@ -90,7 +90,7 @@ def test_concurrent_requests_each_get_their_own_answer(in_process):
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert answers == [list(generate(*request))[-1] for request in requests]
+    assert answers == [list(read(generate(*request)))[-1] for request in requests]
     assert len(set(answers)) == len(answers)
 
 
@@ -112,6 +112,6 @@ def test_the_app_on_pytorch_alone_serves_the_librarys_text(torch_server, tiny_we
     client = Client(url, verbose=False)
     library = make_generate(Engine(TorchBackend(load_model(tiny_weights)), max_batch=1))
     for prompt in ("ROMEO:\n", "First Citizen:\nWe are"):
-        assert client.predict(prompt, 120, 0.0, api_name="/generate") == list(library(prompt, 120, 0.0))[-1]
+        assert client.predict(prompt, 120, 0.0, api_name="/generate") == list(read(library(prompt, 120, 0.0)))[-1]
     sampled = client.predict("ROMEO:", 120, 0.8, 0, 1.0, 3, api_name="/generate")
-    assert sampled == list(library("ROMEO:", 120, 0.8, 0, 1.0, 3))[-1]
+    assert sampled == list(read(library("ROMEO:", 120, 0.8, 0, 1.0, 3)))[-1]

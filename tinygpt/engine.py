@@ -17,11 +17,13 @@ serving (`use`), e.g. to the C++ step once it has been compiled.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import collections
+import contextlib
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import torch
 
@@ -35,7 +37,8 @@ STREAM_CROWD = 8
 
 
 class Request:
-    """One generation in the engine. The engine appends its tokens; the caller reads them with `stream`."""
+    """One generation in the engine. The engine's thread appends its tokens; the caller reads them
+    with `updates`, on its asyncio event loop (the web server's), so a waiting reader holds no thread."""
 
     def __init__(self, sequence: Sequence) -> None:
         self.sequence = sequence
@@ -43,25 +46,33 @@ class Request:
         self.finished = False
         self.error: BaseException | None = None
         self._tokens: collections.deque[Token] = collections.deque()
-        self._ready = threading.Event()  # new tokens, or the end
-        self._ended = threading.Event()
+        # A reader waiting: its loop, the future that wakes it, and whether new tokens should (or the end only).
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future, bool] | None = None
 
     def put(self, token: Token) -> None:
         self._tokens.append(token)
-        self._ready.set()
+        self._wake(by_tokens=True)
 
     def end(self, error: BaseException | None = None) -> None:
         self.error, self.finished = error, True
-        self._ready.set()
-        self._ended.set()
+        self._wake(by_tokens=False)
 
-    def stream(self, interval: Callable[[], float] = lambda: 0.0) -> Iterator[list[Token]]:
+    def _wake(self, by_tokens: bool) -> None:
+        """Wake the reader from the engine's thread, if it waits for this."""
+        waiter = self._waiter
+        if waiter is None or (by_tokens and not waiter[2]):
+            return
+        self._waiter = None
+        loop, future, _ = waiter
+        with contextlib.suppress(RuntimeError):  # its loop has closed: nobody is listening
+            loop.call_soon_threadsafe(_settle, future)
+
+    async def updates(self, interval: Callable[[], float] = lambda: 0.0) -> AsyncIterator[list[Token]]:
         """The new tokens as they come, a list at a time, at most every `interval()` seconds (the first
-        and the last at once). Closing this iterator (or dropping it) cancels the request."""
+        and the last at once). Closing this iterator (or cancelling its task) cancels the request."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                self._ready.wait()
-                self._ready.clear()
                 finished = self.finished  # read before draining: tokens put before `end` are then all drained
                 new = [self._tokens.popleft() for _ in range(len(self._tokens))]
                 if new:
@@ -71,10 +82,29 @@ class Request:
                         raise self.error
                     if not self._tokens:
                         return
-                if new and (pause := interval()):
-                    self._ended.wait(pause)  # the end cuts the pause short: the client hears at once
+                    continue
+                # After an update, pause (only the end cuts it short, so the client hears at once);
+                # otherwise wait for the next tokens or the end.
+                pause = interval() if new else 0.0
+                woken = loop.create_future()
+                self._waiter = (loop, woken, not pause)
+                if self.finished or (not pause and self._tokens):  # it came before the waiter was set
+                    self._waiter = None
+                    continue
+                timer = loop.call_later(pause, _settle, woken) if pause else None
+                try:
+                    await woken
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         finally:
+            self._waiter = None
             self.cancelled = True
+
+
+def _settle(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Engine:
@@ -110,10 +140,11 @@ class Engine:
             self._wake.notify()
         return request
 
-    def generate(self, sequence: Sequence, interval: float = 0.0) -> Iterator[list[Token]]:
-        """The new tokens as they come, at most every `interval` seconds while up to STREAM_CROWD
-        generations run, proportionally less often beyond; closing the iterator cancels."""
-        return self.submit(sequence).stream(lambda: self.pace(interval))
+    def generate(self, sequence: Sequence, interval: float = 0.0) -> AsyncIterator[list[Token]]:
+        """The new tokens as they come (read on an asyncio event loop), at most every `interval` seconds
+        while up to STREAM_CROWD generations run, proportionally less often beyond; closing the
+        iterator cancels."""
+        return self.submit(sequence).updates(lambda: self.pace(interval))
 
     def pace(self, interval: float) -> float:
         """`interval`, stretched in proportion to the generations running beyond STREAM_CROWD."""

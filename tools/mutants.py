@@ -94,7 +94,7 @@ MUTANTS = [
            [("            self.cache.copy_row(last, row)\n", "")],
            ["tests/test_engine.py", "tests/test_decoding.py", "-k", "cancel or join"]),
     Mutant("a closed request keeps decoding", "tinygpt/engine.py",
-           [("        finally:\n            self.cancelled = True", "        finally:\n            pass")],
+           [("            self._waiter = None\n            self.cancelled = True", "            self._waiter = None")],
            ["tests/test_app.py", "-k", "closing"]),
     Mutant("resume validation skipped", "tinygpt/checkpoint.py",
            [("    _check_training_tensors(path, tensors, optimizer, models)\n", "")],
@@ -158,6 +158,12 @@ MUTANTS = [
     Mutant("attention (head size 64) sums the wrong halves of its scores", "tinygpt/csrc/decode.cpp",
            [("pairs[2 * i + 1], 0xEE)", "pairs[2 * i + 1], 0xEB)")],
            ["tests/test_backends.py"]),
+    Mutant("the end does not wake a reader that is pausing between updates", "tinygpt/engine.py",
+           [("        self._wake(by_tokens=False)\n", "")],
+           ["tests/test_engine.py", "-k", "paced"]),
+    Mutant("new characters do not wake a waiting reader (it hears only the end)", "tinygpt/engine.py",
+           [("if waiter is None or (by_tokens and not waiter[2]):", "if waiter is None or by_tokens:")],
+           ["tests/test_serving.py", "-k", "cancel"]),
 ]  # fmt: skip
 
 
