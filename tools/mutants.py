@@ -164,6 +164,9 @@ MUTANTS = [
     Mutant("new characters do not wake a waiting reader (it hears only the end)", "tinygpt/engine.py",
            [("if waiter is None or (by_tokens and not waiter[2]):", "if waiter is None or by_tokens:")],
            ["tests/test_serving.py", "-k", "cancel"]),
+    Mutant("a helper thread of the C++ step skips its part", "tinygpt/csrc/decode.cpp",
+           [("if (part < parts_) (*job_)(part);", "if (part < 0) (*job_)(part);")],
+           ["tests/test_backends.py"]),
 ]  # fmt: skip
 
 

@@ -10,9 +10,14 @@
 #include <torch/extension.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -224,13 +229,99 @@ void head64(const float* q, const at::Half* k, const at::Half* v, int64_t seen, 
 #endif
 
 
+
+// Helper threads kept for the decoder's life: a step's parts run on them, one part each. Started anew
+// for every step, a thread cost tens of microseconds and, on a busy machine, a wait for a free core.
+// Both sides of a hand-off spin for a few microseconds before they sleep: a step's parts end close
+// together, and a sleeping thread takes longer than that to wake.
+class Team {
+ public:
+  explicit Team(int64_t helpers) {
+    for (int64_t i = 0; i < helpers; ++i) threads_.emplace_back([this, i] { serve(i + 1); });
+  }
+
+  ~Team() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_.store(true);
+    }
+    start_.notify_all();
+    for (auto& thread : threads_) thread.join();
+  }
+
+  int64_t size() const { return static_cast<int64_t>(threads_.size()) + 1; }
+
+  // job(part) for part 0 .. parts - 1 (at most size()), part 0 on the calling thread; returns when all
+  // are done. A second caller while one runs (two Python threads on one decoder) runs all its parts itself.
+  void run(int64_t parts, const std::function<void(int64_t)>& job) {
+    std::unique_lock<std::mutex> running(running_, std::try_to_lock);
+    if (!running.owns_lock() || parts <= 1) {
+      for (int64_t part = 0; part < parts; ++part) job(part);
+      return;
+    }
+    job_ = &job;
+    parts_ = parts;
+    left_.store(static_cast<int64_t>(threads_.size()));
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      round_.fetch_add(1);
+    }
+    start_.notify_all();
+    try {
+      job(0);
+    } catch (...) {  // the helpers still use `job`: let them finish first
+      await(finish_, [&] { return left_.load() == 0; });
+      throw;
+    }
+    await(finish_, [&] { return left_.load() == 0; });
+  }
+
+ private:
+  void serve(int64_t part) {
+    uint64_t seen = 0;
+    while (true) {
+      await(start_, [&] { return stop_.load() || round_.load() != seen; });
+      if (stop_.load()) return;
+      seen = round_.load();
+      if (part < parts_) (*job_)(part);
+      if (left_.fetch_sub(1) == 1) {
+        std::lock_guard<std::mutex> lock(mutex_);  // so a caller about to sleep cannot miss the notify
+      }
+      finish_.notify_one();
+    }
+  }
+
+  // Wait until ready(): spin a few microseconds, then sleep on `signal`.
+  template <class Ready>
+  void await(std::condition_variable& signal, Ready ready) {
+    for (int i = 0; i < kSpins; ++i) {
+      if (ready()) return;
+#if defined(__F16C__)
+      _mm_pause();
+#endif
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    signal.wait(lock, ready);
+  }
+
+  static constexpr int kSpins = 4000;  // ~10-40 microseconds of pause instructions
+  std::mutex mutex_, running_;
+  std::condition_variable start_, finish_;
+  std::atomic<uint64_t> round_{0};
+  std::atomic<int64_t> left_{0};
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int64_t parts_ = 0;
+  std::atomic<bool> stop_{false};
+  std::vector<std::thread> threads_;
+};
+
 }  // namespace
 
 // The model's float32 weights, taken from its state_dict by name, the matrices rearranged as panels.
 class Decoder {
  public:
   Decoder(const std::map<std::string, torch::Tensor>& state, int64_t n_head, int64_t threads)
-      : n_head_(n_head), threads_(std::max<int64_t>(threads, 1)) {
+      : n_head_(n_head), team_(std::make_unique<Team>(std::max<int64_t>(threads, 1) - 1)) {
     auto get = [&](const std::string& name) {
       auto found = state.find(name);
       TORCH_CHECK(found != state.end(), "the state_dict has no tensor named ", name);
@@ -282,12 +373,9 @@ class Decoder {
 
     // Sequences never interact, so a large batch is cut into contiguous parts, each computed by its
     // own thread from start to end: one join per step, and each row computed exactly as when alone.
-    const std::vector<int64_t> bounds = split(pos, B, T, std::max<int64_t>(1, std::min(threads_, B / kRowsPerThread)));
-    std::vector<std::thread> helpers;
-    for (size_t part = 1; part + 1 < bounds.size(); ++part)
-      helpers.emplace_back([&, part] { forward(batch, bounds[part], bounds[part + 1], out); });
-    forward(batch, bounds[0], bounds[1], out);
-    for (auto& helper : helpers) helper.join();
+    const std::vector<int64_t> bounds = split(pos, B, T, std::max<int64_t>(1, std::min(team_->size(), B / kRowsPerThread)));
+    team_->run(static_cast<int64_t>(bounds.size()) - 1,
+               [&](int64_t part) { forward(batch, bounds[part], bounds[part + 1], out); });
     return logits;
   }
 
@@ -429,7 +517,8 @@ class Decoder {
 
   torch::Tensor token_embedding_, position_embedding_, ln_f_weight_, ln_f_bias_, lm_head_, lm_head_bias_;
   std::vector<Layer> layers_;
-  int64_t n_head_, threads_, n_embd_, vocab_, block_size_;
+  int64_t n_head_, n_embd_, vocab_, block_size_;
+  std::unique_ptr<Team> team_;  // a pointer: a Team holds a mutex, which cannot move
 };
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
