@@ -179,6 +179,24 @@ def test_a_large_batch_split_across_threads_gives_each_row_its_logits_alone(toke
     assert torch.equal(batch.k, alone.k) and torch.equal(batch.v, alone.v)
 
 
+def test_a_prompt_split_by_rows_across_threads_gives_the_logits_of_one_thread(tokenizer):
+    """A prefill's rows are cut across threads, which meet at every layer (each row attends to keys
+    the others store): logits and cache bit for bit those of one thread, and close to PyTorch's."""
+    cpp_built()
+    model = model_of(tokenizer, block_size=64, **SHAPES[1])
+    one, three = CppBackend(model, threads=1), CppBackend(model, threads=3)
+    idx = torch.randint(model.config.vocab_size, (1, 50), generator=torch.Generator().manual_seed(3))
+    caches = [KVCache.empty(model.config, 1, one.cache_dtype) for _ in range(2)]
+    with torch.inference_mode():
+        alone = one(idx, torch.tensor([0]), caches[0])
+        split = three(idx, torch.tensor([0]), caches[1])
+        reference = one_pass(model, idx, one.cache_dtype)
+    assert torch.equal(split, alone)
+    assert torch.equal(caches[0].k, caches[1].k) and torch.equal(caches[0].v, caches[1].v)
+    tolerance = TOLERANCE[one.cache_dtype] * reference.abs().max().item()
+    torch.testing.assert_close(split, reference, atol=tolerance, rtol=1e-5)
+
+
 def test_load_backend_picks_what_was_asked_and_auto_falls_back_to_torch(tokenizer, monkeypatch):
     assert load_backend(model_of(tokenizer, **SHAPES[0]), "torch").name == "torch"
     int8 = load_backend(model_of(tokenizer, **SHAPES[0]), "int8")

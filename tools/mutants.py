@@ -167,6 +167,9 @@ MUTANTS = [
     Mutant("a helper thread of the C++ step skips its part", "tinygpt/csrc/decode.cpp",
            [("if (part < parts_) (*job_)(part);", "if (part < 0) (*job_)(part);")],
            ["tests/test_backends.py"]),
+    Mutant("a prompt's rows attend before the other threads stored their keys", "tinygpt/csrc/decode.cpp",
+           [("out, [&] { layer.wait(); });", "out, [] {});")],
+           ["tests/test_backends.py", "-k", "split"]),
 ]  # fmt: skip
 
 

@@ -250,14 +250,14 @@ class Team {
 
   int64_t size() const { return static_cast<int64_t>(threads_.size()) + 1; }
 
-  // job(part) for part 0 .. parts - 1 (at most size()), part 0 on the calling thread; returns when all
-  // are done. A second caller while one runs (two Python threads on one decoder) runs all its parts itself.
+  // job(part) for part 0 .. parts - 1 (at most size()) at the same time, part 0 on the calling thread;
+  // returns when all are done. A second caller (two Python threads on one decoder) waits its turn.
   void run(int64_t parts, const std::function<void(int64_t)>& job) {
-    std::unique_lock<std::mutex> running(running_, std::try_to_lock);
-    if (!running.owns_lock() || parts <= 1) {
-      for (int64_t part = 0; part < parts; ++part) job(part);
+    if (parts <= 1) {
+      job(0);
       return;
     }
+    std::lock_guard<std::mutex> running(running_);
     job_ = &job;
     parts_ = parts;
     left_.store(static_cast<int64_t>(threads_.size()));
@@ -318,6 +318,26 @@ class Team {
   std::vector<std::thread> threads_;
 };
 
+// Where the parts of one prefill wait for each other, once per layer (Decoder::step).
+class Barrier {
+ public:
+  explicit Barrier(int64_t parts) : parts_(parts) {}
+
+  void wait() {
+    const int64_t round = round_.load();
+    if (arrived_.fetch_add(1) + 1 == parts_) {
+      arrived_.store(0);
+      round_.fetch_add(1);
+      return;
+    }
+    while (round_.load() == round) std::this_thread::yield();  // a prefill's parts arrive close together
+  }
+
+ private:
+  const int64_t parts_;
+  std::atomic<int64_t> arrived_{0}, round_{0};
+};
+
 }  // namespace
 
 // The model's float32 weights, taken from its state_dict by name, the matrices rearranged as panels.
@@ -375,10 +395,20 @@ class Decoder {
     float* out = logits.data_ptr<float>();
 
     // Sequences never interact, so a large batch is cut into contiguous parts, each computed by its
-    // own thread from start to end: one join per step, and each row computed exactly as when alone.
-    const std::vector<int64_t> bounds = split(pos, B, T, std::max<int64_t>(1, std::min(team_->size(), B / kRowsPerThread)));
-    team_->run(static_cast<int64_t>(bounds.size()) - 1,
-               [&](int64_t part) { forward(batch, bounds[part], bounds[part + 1], out); });
+    // own thread from start to end: one join per step. One sequence's prompt (a prefill) is cut by
+    // rows instead, whose parts meet once per layer, where each row attends to the keys the others
+    // stored. Either way each row is computed exactly as when alone.
+    if (B == 1 && T >= 2 * kRowsPerThread && team_->size() > 1) {
+      const int64_t parts = std::min(team_->size(), T / kRowsPerThread);
+      Barrier layer(parts);
+      team_->run(parts, [&](int64_t part) {
+        forward(batch, T * part / parts, T * (part + 1) / parts, out, [&] { layer.wait(); });
+      });
+    } else {
+      const std::vector<int64_t> bounds = split(pos, B, T, std::max<int64_t>(1, std::min(team_->size(), B / kRowsPerThread)));
+      team_->run(static_cast<int64_t>(bounds.size()) - 1,
+                 [&](int64_t part) { forward(batch, bounds[part] * T, bounds[part + 1] * T, out, [] {}); });
+    }
     return logits;
   }
 
@@ -422,23 +452,28 @@ class Decoder {
     return bounds;
   }
 
-  // The forward pass of sequences b0..b1-1 of `batch`, writing their logits into `logits` (B, T, vocab).
-  void forward(const Batch& batch, int64_t b0, int64_t b1, float* logits) const {
-    const int64_t T = batch.T, K = (b1 - b0) * T, N = n_embd_, L = layers_.size();
-    const int64_t* ids = batch.ids + b0 * T;
+  // The forward pass of rows m0..m1-1 of `batch` (row m: sequence m / T, its (m % T)-th new token),
+  // writing their logits into `logits` (B, T, vocab). Rows interact only through the cache: `stored()`
+  // runs after each layer's new keys and values are written, before any row attends to them.
+  template <class Sync>
+  void forward(const Batch& batch, int64_t m0, int64_t m1, float* logits, Sync stored) const {
+    const int64_t T = batch.T, K = m1 - m0, N = n_embd_, L = layers_.size();
     std::vector<float> x(K * N), h(K * N), qkv(K * 3 * N), att(K * N), ff(K * 4 * N);
 
     const float* token_embedding = data(token_embedding_);
     const float* position_embedding = data(position_embedding_);
-    for (int64_t m = 0; m < K; ++m)
-      for (int64_t i = 0; i < N; ++i)
-        x[m * N + i] = token_embedding[ids[m] * N + i] + position_embedding[(batch.pos[b0 + m / T] + m % T) * N + i];
+    for (int64_t r = 0; r < K; ++r) {
+      const int64_t m = m0 + r, id = batch.ids[m], p = batch.pos[m / T] + m % T;
+      for (int64_t i = 0; i < N; ++i) x[r * N + i] = token_embedding[id * N + i] + position_embedding[p * N + i];
+    }
 
     for (int64_t l = 0; l < L; ++l) {
       const Layer& w = layers_[l];
       layer_norm(x.data(), K, N, data(w.ln1_weight), data(w.ln1_bias), h.data());
       linear(h.data(), K, N, data(w.qkv), nullptr, 3 * N, qkv.data());
-      attend(qkv.data(), batch, l, b0, b1, att.data());
+      store(qkv.data(), batch, l, m0, m1);
+      stored();
+      attend(qkv.data(), batch, l, m0, m1, att.data());
       linear(att.data(), K, N, data(w.proj), data(w.proj_bias), N, h.data());
       for (int64_t i = 0; i < K * N; ++i) x[i] += h[i];
 
@@ -449,30 +484,35 @@ class Decoder {
       for (int64_t i = 0; i < K * N; ++i) x[i] += h[i];
     }
     layer_norm(x.data(), K, N, data(ln_f_weight_), data(ln_f_bias_), h.data());
-    linear(h.data(), K, N, data(lm_head_), data(lm_head_bias_), vocab_, logits + b0 * T * vocab_);
+    linear(h.data(), K, N, data(lm_head_), data(lm_head_bias_), vocab_, logits + m0 * vocab_);
   }
 
-  // Store the new keys and values of sequences b0..b1-1 in their cache rows of layer l, then each new
-  // token attends to its sequence's cached positions up to its own. qkv and out: rows of those sequences.
-  void attend(const float* qkv, const Batch& batch, int64_t l, int64_t b0, int64_t b1, float* out) const {
+  // Store the new keys and values of rows m0..m1-1 (qkv: those rows) in their sequences' cache rows of layer l.
+  void store(const float* qkv, const Batch& batch, int64_t l, int64_t m0, int64_t m1) const {
     const int64_t N = n_embd_, H = n_head_, D = N / H, S = block_size_, T = batch.T;
-    for (int64_t m = 0; m < (b1 - b0) * T; ++m) {
-      const int64_t b = b0 + m / T, p = batch.pos[b] + m % T;
+    for (int64_t m = m0; m < m1; ++m) {
+      const int64_t b = m / T, p = batch.pos[b] + m % T;
+      const float* row = qkv + (m - m0) * 3 * N;
       at::Half* keys = batch.keys.at(l, b);
       at::Half* values = batch.values.at(l, b);
       for (int64_t hd = 0; hd < H; ++hd) {
-        narrow(qkv + m * 3 * N + N + hd * D, D, keys + (hd * S + p) * D);
-        narrow(qkv + m * 3 * N + 2 * N + hd * D, D, values + (hd * S + p) * D);
+        narrow(row + N + hd * D, D, keys + (hd * S + p) * D);
+        narrow(row + 2 * N + hd * D, D, values + (hd * S + p) * D);
       }
     }
+  }
+
+  // Each of rows m0..m1-1 attends to its sequence's cached positions up to its own. qkv and out: those rows.
+  void attend(const float* qkv, const Batch& batch, int64_t l, int64_t m0, int64_t m1, float* out) const {
+    const int64_t N = n_embd_, H = n_head_, D = N / H, S = block_size_, T = batch.T;
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
     std::vector<float> scores(S), wide(kKeys * D);
-    for (int64_t task = 0; task < (b1 - b0) * T * H; ++task) {
-      const int64_t m = task / H, hd = task % H, b = b0 + m / T, seen = batch.pos[b] + m % T + 1;
-      const float* q = qkv + m * 3 * N + hd * D;
+    for (int64_t task = 0; task < (m1 - m0) * H; ++task) {
+      const int64_t r = task / H, hd = task % H, m = m0 + r, b = m / T, seen = batch.pos[b] + m % T + 1;
+      const float* q = qkv + r * 3 * N + hd * D;
       const at::Half* k = batch.keys.at(l, b) + hd * S * D;
       const at::Half* v = batch.values.at(l, b) + hd * S * D;
-      float* o = out + m * N + hd * D;
+      float* o = out + r * N + hd * D;
 #if defined(__AVX512F__)
       if (D == 64) head64(q, k, v, seen, scale, scores.data(), o);
 #else
