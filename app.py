@@ -70,33 +70,37 @@ class Trace:
         self.logits.append(torch.stack(logits))
 
 
-def make_run(engine: Engine) -> Callable[..., AsyncIterator[tuple[str, Trace]]]:
-    """Generation shared by the page and the API: yields (text so far, trace) about every 50 ms.
+def make_run(engine: Engine) -> Callable[..., AsyncIterator[tuple[str, Trace | None]]]:
+    """Generation shared by the page and the API: yields (text so far, trace) about every 50 ms; the
+    trace (for the page's "inside the model" view) is None when not kept.
 
     Every run joins the engine's batch; closing the iterator (Stop, a closed tab) frees its place.
     Async, so Gradio runs it on its event loop: a crowd's waiting streams hold no threads.
     """
     tokenizer = CharTokenizer(engine.decoder.config.vocab)
 
-    async def run(prompt, max_new_tokens, temperature, top_k, top_p, seed) -> AsyncIterator[tuple[str, Trace]]:
+    async def run(
+        prompt, max_new_tokens, temperature, top_k, top_p, seed, keep_trace: bool = True
+    ) -> AsyncIterator[tuple[str, Trace | None]]:
         try:
             text, sequences = start(tokenizer, prompt, max_new_tokens, temperature, seed, top_k, top_p)
         except InputError as err:  # shown to the person (or API client) as a message, not a stack trace
             raise gr.Error(str(err), print_exception=False) from None
-        trace = Trace(text, tokenizer.vocab)
+        trace = Trace(text, tokenizer.vocab) if keep_trace else None
         # Closed with this generator (Gradio closes it on Stop or a closed tab): the engine then drops it.
         async with contextlib.aclosing(engine.generate(sequences[0], STREAM_INTERVAL_S)) as stream:
             async for tokens in stream:
                 chars = [tokenizer.vocab[token.token] for token in tokens]
                 text += "".join(chars)
-                trace.add(chars, [token.logits for token in tokens])
+                if trace is not None:
+                    trace.add(chars, [token.logits for token in tokens])
                 yield text, trace
 
     return run
 
 
 def make_generate(engine: Engine) -> Callable[..., AsyncIterator[str]]:
-    """The /generate API: the same generation, text only."""
+    """The /generate API: the same generation, text only (no trace is kept: nobody would see it)."""
     run = make_run(engine)
 
     async def generate(
@@ -111,7 +115,8 @@ def make_generate(engine: Engine) -> Callable[..., AsyncIterator[str]]:
 
         temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off; a seed makes it repeatable.
         """
-        async with contextlib.aclosing(run(prompt, max_new_tokens, temperature, top_k, top_p, seed)) as texts:
+        texts = run(prompt, max_new_tokens, temperature, top_k, top_p, seed, keep_trace=False)
+        async with contextlib.aclosing(texts):
             async for text, _ in texts:
                 yield text
 

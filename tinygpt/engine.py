@@ -80,9 +80,7 @@ class Request:
                 if finished:
                     if self.error is not None:
                         raise self.error
-                    if not self._tokens:
-                        return
-                    continue
+                    return
                 # After an update, pause (only the end cuts it short, so the client hears at once);
                 # otherwise wait for the next tokens or the end.
                 pause = interval() if new else 0.0
