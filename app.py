@@ -271,8 +271,9 @@ def resident_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def switch_to_cpp(engine: Engine, model: GPT) -> None:
-    """Build the C++ decode step (or find it built) and decode with it from then on; log either way."""
+def switch_to_cpp(engine: Engine, model: GPT, threads: int) -> None:
+    """Build the C++ decode step (or find it built) and decode with it, on `threads` threads, from then
+    on; log either way."""
     started = time.perf_counter()
     print("building the C++ decode step in the background ...", flush=True)
     with contextlib.suppress(AttributeError, OSError):  # Linux: this thread and the compiler it starts
@@ -280,8 +281,9 @@ def switch_to_cpp(engine: Engine, model: GPT) -> None:
     if extension() is None:  # it printed why
         print("staying on PyTorch float32", flush=True)
         return
-    engine.use(CppBackend(model, threads=torch.get_num_threads()))
-    print(f"switched to the C++ decode step (ready after {time.perf_counter() - started:.1f} s)", flush=True)
+    engine.use(CppBackend(model, threads))
+    ready_s = time.perf_counter() - started
+    print(f"switched to the C++ decode step on {threads} threads (ready after {ready_s:.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,9 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--max-batch must be at least 1, not {args.max_batch}")
     if args.max_train_minutes < TrainSettings.min_minutes:
         parser.error(f"--max-train-minutes must be at least {TrainSettings.min_minutes}")
-    torch.set_num_threads(usable_cpus())  # the CPUs this container may use, not its host's
+    cpus = usable_cpus()  # the CPUs this container may use, not its host's
     # The C++ step takes ~40 s to compile on a fresh machine: serve with PyTorch meanwhile.
     compile_later = args.backend in ("auto", "cpp")
+    # With the C++ step, what runs on PyTorch here is small (a batch's sampling: 32 rows of 65), and
+    # one thread does it faster than two that must wake each other for every operation; the step has
+    # threads of its own, one per CPU. The torch and int8 backends run on PyTorch's threads.
+    torch.set_num_threads(1 if compile_later else cpus)
     try:
         folder = resolve(args.model)
         model = load_model(folder)
@@ -347,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     if compile_later:
-        threading.Thread(target=switch_to_cpp, args=(engine, model), daemon=True).start()
+        threading.Thread(target=switch_to_cpp, args=(engine, model, cpus), daemon=True).start()
     demo.block_thread()
     return 0
 

@@ -2,7 +2,7 @@
 
     pip install -r requirements-bench.txt
     python benchmarks/generate.py            # shipped weights, 2 threads
-    OMP_WAIT_POLICY=PASSIVE python benchmarks/generate.py --step-threads 2   # as the page runs
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/generate.py --threads 1 --step-threads 2   # as the page runs
 
 Single stream: a 100-character prompt and 1000 new characters (so generation runs past the
 256-character window), temperature 0.8:

@@ -9,7 +9,7 @@ import torch
 
 from tests.conftest import ROOT
 from tinygpt import backends
-from tinygpt.backends import MAX_CPP_TOKENS, CppBackend, TorchBackend, build_lock, load_backend
+from tinygpt.backends import CppBackend, TorchBackend, build_lock, load_backend
 from tinygpt.config import GPTConfig
 from tinygpt.generate import complete
 from tinygpt.model import GPT, KVCache
@@ -126,18 +126,18 @@ class CountingDecoder:
         return self.decoder.step(*args)
 
 
-def test_only_steps_and_short_prefills_take_the_cpp_path(tokenizer):
+def test_every_pass_is_one_cpp_call_a_prompt_the_length_of_the_window_included(tokenizer):
     cpp_built()
-    backend = CppBackend(model_of(tokenizer, block_size=2 * MAX_CPP_TOKENS, **SHAPES[0]))
+    model = model_of(tokenizer, block_size=160, **SHAPES[3])
+    backend = CppBackend(model_of(tokenizer, block_size=160, **SHAPES[3]))
     backend.decoder = counting = CountingDecoder(backend.decoder)
-    idx = torch.randint(backend.model.config.vocab_size, (2, MAX_CPP_TOKENS + 1))
-    cache = KVCache.empty(backend.model.config, 2, backend.cache_dtype)
+    idx = torch.randint(model.config.vocab_size, (1, 160), generator=torch.Generator().manual_seed(2))
+    cache = KVCache.empty(model.config, 1, backend.cache_dtype)
     with torch.inference_mode():
-        backend(idx[:1], torch.tensor([0]), cache.rows(0, 1))  # a long prefill: PyTorch
-        assert counting.calls == 0
-        backend(idx[:, :MAX_CPP_TOKENS], torch.tensor([0, 0]), cache)
-        backend(idx[:, :1], torch.tensor([8, 3]), cache)
-        assert counting.calls == 2
+        got = backend(idx, torch.tensor([0]), cache)
+        full = one_pass(model, idx, backend.cache_dtype)
+    assert counting.calls == 1
+    torch.testing.assert_close(got, full, atol=TOLERANCE[torch.float16] * full.abs().max().item(), rtol=1e-5)
 
 
 def test_greedy_and_seeded_text_match_pytorch_past_the_window_alone_and_in_batches(tokenizer):

@@ -8,16 +8,16 @@ once, above them.
   torch - the PyTorch model in float32, with a float32 cache: the reference.
   int8  - the PyTorch model with int8 weights (`tinygpt.quantize`): a different, slightly rounded
           function (validation loss within 0.001); faster than float32 on PyTorch.
-  cpp   - float32 weights and arithmetic with a float16 cache, each step or short prefill one C++
-          call (`csrc/decode.cpp`) instead of ~150 PyTorch operations. The same function as the
-          PyTorch model given a float16 cache (`TorchBackend(model, cache_dtype=torch.float16)`),
-          which runs its long prefills (the window's re-prefills: PyTorch's batched matmuls are
-          faster there). The float16 cache halves what attention reads from memory, much of a
-          crowded step; the shipped model's validation loss is the same to 5 decimals (README:
-          Generation speed). With `threads` > 1 a step of 8 or more sequences is cut into that
-          many parts of about equal work, one thread each. Compiled on first use (~40 s on 2
-          cores; cached by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or
-          ~/.cache/torch_extensions). Fastest where it builds.
+  cpp   - float32 weights and arithmetic with a float16 cache, each pass (a step, a prompt, the
+          window's re-prefill) one C++ call (`csrc/decode.cpp`) instead of ~150 PyTorch operations.
+          The same function as the PyTorch model given a float16 cache (`TorchBackend(model,
+          cache_dtype=torch.float16)`, its reference in the tests). The float16 cache halves what
+          attention reads from memory, much of a crowded step; the shipped model's validation loss
+          is the same to 5 decimals (README: Generation speed). With `threads` > 1 a step of 8 or
+          more sequences is cut into that many parts of about equal work, and a long prompt into
+          parts of its positions, one thread each. Compiled on first use (~40 s on 2 cores; cached
+          by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions).
+          Fastest where it builds.
   auto  - cpp where it can be built, else torch.
 """
 
@@ -44,10 +44,6 @@ from tinygpt.quantize import quantize_int8
 
 BACKENDS = ("auto", "torch", "int8", "cpp")
 SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"
-# Tokens per sequence up to which a pass is one C++ call; longer ones run on PyTorch. Around here
-# PyTorch's two threads overtake the one-threaded C++ loop on the command line; on the page's engine
-# thread, where each PyTorch operation also wakes a second thread pool, C++ is faster at any length.
-MAX_CPP_TOKENS = 64
 FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd"]  # simd pragmas, no threads
 
 
@@ -103,13 +99,13 @@ def extension() -> object | None:
 
 
 class CppBackend:
-    """Steps and short prefills (up to MAX_CPP_TOKENS per sequence) as one C++ call over the float32
-    weights and a float16 cache.
+    """Every forward pass as one C++ call over the float32 weights and a float16 cache.
 
-    `threads`: how many threads a step of 8 or more sequences may share (each takes a part of the
-    sequences). More than 1 pays only where PyTorch's idle OpenMP workers sleep (OMP_WAIT_POLICY=
-    PASSIVE, as app.py sets): by default they spin for a while after each PyTorch operation of the
-    decode loop, on the very core the step's second thread needs, and the split step is then slower.
+    `threads`: how many threads a pass may share: a step of 8 or more sequences is cut by sequences,
+    a prompt of 8 or more positions by positions. More than 1 pays only where PyTorch's idle OpenMP
+    workers sleep (OMP_WAIT_POLICY=PASSIVE, as app.py sets): by default they spin for a while after
+    each PyTorch operation of the decode loop, on the very core the step's second thread needs, and
+    the split step is then slower.
     """
 
     name = "cpp"
@@ -123,11 +119,8 @@ class CppBackend:
             raise ValueError("the C++ decode step runs float32 weights on the CPU")
         self.model, self.threads = model.eval(), threads
         self.decoder = module.Decoder(dict(model.state_dict()), model.config.n_head, threads)
-        self.prefill = TorchBackend(model, cache_dtype=self.cache_dtype)
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        if tokens.size(1) > MAX_CPP_TOKENS:
-            return self.prefill(tokens, input_pos, cache)
         return self.decoder.step(tokens.contiguous(), input_pos.contiguous(), cache.k, cache.v)
 
 
