@@ -281,9 +281,10 @@ def switch_to_cpp(engine: Engine, model: GPT, threads: int) -> None:
     if extension() is None:  # it printed why
         print("staying on PyTorch float32", flush=True)
         return
-    engine.use(CppBackend(model, threads))
+    backend = CppBackend(model, threads)
+    engine.use(backend)
     ready_s = time.perf_counter() - started
-    print(f"switched to the C++ decode step on {threads} threads (ready after {ready_s:.1f} s)", flush=True)
+    print(f"switched to the C++ decode step ({backend.threads} threads; ready after {ready_s:.1f} s)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     print(
         f"ready: {model.num_params() / 1e6:.2f}M parameters from {folder}, decoding with {engine.backend.name}"
-        f"{' until the C++ step is built' if compile_later else ''}, up to {args.max_batch} generations at once; "
+        f"{' until the C++ step is built' if compile_later else ''} (PyTorch threads: {torch.get_num_threads()}), "
+        f"up to {args.max_batch} generations at once; "
         f"cold start {time.perf_counter() - STARTED:.1f} s (process start to page served), "
         f"resident memory {resident_memory_mb():.0f} MB",
         flush=True,

@@ -125,11 +125,17 @@ def stop_app(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
-    """`python app.py` as a user would start it, on a free port; stopped by PID at the end."""
-    process, url = start_app(tiny_weights, tmp_path_factory.mktemp("app") / "app.log")
-    yield url
+def served(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):
+    """`python app.py` as a user would start it, on a free port: (URL, its log); stopped by PID at the end."""
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    process, url = start_app(tiny_weights, log)
+    yield url, log
     stop_app(process)
+
+
+@pytest.fixture(scope="session")
+def server(served: tuple[str, Path]) -> str:
+    return served[0]
 
 
 def tiny_recipe(minutes: float) -> GPTConfig:

@@ -4,6 +4,7 @@ the library's own generation of the same request, one at a time, in this process
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +13,11 @@ from gradio_client.utils import Status
 
 from app import QUEUE_SIZE, build_demo, make_generate
 from tests.conftest import free_port, read, start_app, stop_app
+from tinygpt import backends
 from tinygpt.backends import TorchBackend
 from tinygpt.checkpoint import load_model
 from tinygpt.config import GPTConfig
+from tinygpt.cpus import usable_cpus
 from tinygpt.engine import Engine
 from tinygpt.model import GPT
 
@@ -103,12 +106,33 @@ def torch_server(tiny_weights, tmp_path_factory):
     stop_app(process)
 
 
+def wait_for(log: Path, line_start: str | tuple[str, ...], timeout_s: float = 60) -> str:
+    """The first line of `log` that starts with `line_start`, once the app has written it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lines = [line for line in log.read_text().splitlines() if line.startswith(line_start)]
+        if lines:
+            return lines[0]
+        time.sleep(0.1)
+    pytest.fail(f"no line starting {line_start!r} in {log}:\n{log.read_text()}")
+
+
+def test_the_cpp_step_gets_a_thread_per_cpu_and_pytorch_keeps_one(served, torch_server):
+    """With the C++ step, what runs on PyTorch is a batch's sampling, which one thread does faster than
+    two; the step's own threads do the work (README: Serving). The torch backend keeps PyTorch's threads."""
+    if backends.extension() is None:
+        pytest.skip("the C++ decode step could not be built here")
+    _, log = served
+    wait_for(log, ("switched to", "staying on"))
+    assert f"switched to the C++ decode step ({usable_cpus()} threads;" in log.read_text()
+    assert "(PyTorch threads: 1)" in wait_for(log, "ready:")
+    _, torch_log = torch_server
+    assert f"(PyTorch threads: {usable_cpus()})" in wait_for(torch_log, "ready:")
+
+
 def test_the_app_on_pytorch_alone_serves_the_librarys_text(torch_server, tiny_weights):
     url, log = torch_server
-    deadline = time.monotonic() + 60
-    while "ready:" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "decoding with torch," in log.read_text() and "C++" not in log.read_text()
+    assert "decoding with torch (" in wait_for(log, "ready:") and "C++" not in log.read_text()
     client = Client(url, verbose=False)
     library = make_generate(Engine(TorchBackend(load_model(tiny_weights)), max_batch=1))
     for prompt in ("ROMEO:\n", "First Citizen:\nWe are"):

@@ -172,6 +172,17 @@ MUTANTS = [
     Mutant("a prompt's rows attend before the other threads stored their keys", "tinygpt/csrc/decode.cpp",
            [("out, [&] { layer.wait(); });", "out, [] {});")],
            ["tests/test_backends.py", "-k", "split"]),
+    Mutant("long prompts go back to PyTorch", "tinygpt/backends.py",
+           [("        return self.decoder.step(", "        if tokens.size(1) > 64:\n"
+             "            return TorchBackend(self.model, cache_dtype=self.cache_dtype)(tokens, input_pos, cache)\n"
+             "        return self.decoder.step(")],
+           ["tests/test_backends.py", "-k", "one_cpp_call"]),
+    Mutant("the page runs PyTorch on every CPU beside the C++ step", "app.py",
+           [("torch.set_num_threads(1 if compile_later else cpus)", "torch.set_num_threads(cpus)")],
+           ["tests/test_serving.py", "-k", "thread_per_cpu"]),
+    Mutant("the page's C++ step gets one thread", "app.py",
+           [("    backend = CppBackend(model, threads)\n", "    backend = CppBackend(model, 1)\n")],
+           ["tests/test_serving.py", "-k", "thread_per_cpu"]),
 ]  # fmt: skip
 
 
