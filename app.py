@@ -320,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     # The C++ step takes ~40 s to compile on a fresh machine: serve with PyTorch meanwhile.
     compile_later = args.backend in ("auto", "cpp")
     # With the C++ step, what runs on PyTorch here is small (a batch's sampling: 32 rows of 65), and
-    # one thread does it faster than two that must wake each other for every operation; the step has
-    # threads of its own, one per CPU. The torch and int8 backends run on PyTorch's threads.
+    # one thread does it faster than two, the second woken for each operation; the step has threads
+    # of its own, one per CPU (until it is built, PyTorch decodes on one thread too). The torch and
+    # int8 backends run on PyTorch's threads.
     torch.set_num_threads(1 if compile_later else cpus)
     try:
         folder = resolve(args.model)

@@ -129,7 +129,7 @@ class CountingDecoder:
 def test_every_pass_is_one_cpp_call_a_prompt_the_length_of_the_window_included(tokenizer):
     cpp_built()
     model = model_of(tokenizer, block_size=160, **SHAPES[3])
-    backend = CppBackend(model_of(tokenizer, block_size=160, **SHAPES[3]))
+    backend = CppBackend(model)
     backend.decoder = counting = CountingDecoder(backend.decoder)
     idx = torch.randint(model.config.vocab_size, (1, 160), generator=torch.Generator().manual_seed(2))
     cache = KVCache.empty(model.config, 1, backend.cache_dtype)
