@@ -23,6 +23,10 @@ from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # works offline; no calls home
+# After every request Gradio summarises its last 10,000 requests in a pandas table, for a monitoring
+# dashboard that is off here: milliseconds of CPU per request once a page has served thousands.
+# Once per million requests instead.
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000000")
 # PyTorch's idle OpenMP workers sleep instead of spinning after each small operation of the decode
 # loop, leaving the second core to the C++ step's second thread (read when torch is imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -37,7 +41,7 @@ from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # no
 from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
-from tinygpt.gradio_sessions import start_sessions_from_template  # noqa: E402
+from tinygpt.gradio_sessions import start_sessions_lean  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.playground import TrainingJob  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
@@ -242,7 +246,7 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
         stop.click(None, cancels=[event])
         confidence.select(candidates_at, inputs=trace, outputs=candidates, api_visibility="private")
         gr.api(make_generate(engine), api_name="generate", concurrency_limit=engine.max_batch, concurrency_id="model")
-    start_sessions_from_template(demo)  # an API call is a new session: it should not rebuild the page's config
+    start_sessions_lean(demo)  # an API call is a new session: it should not copy the whole page's config
     return demo
 
 

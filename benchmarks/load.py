@@ -2,6 +2,7 @@
 
     python benchmarks/load.py                      # shipped weights, 32 clients x 4 requests x 200 characters
     python benchmarks/load.py --queue-overflow     # then more requests at once than the page takes in
+    python benchmarks/load.py --served-before 10000  # each page first serves 10,000 short requests
 
 Starts app.py on a free port as shipped (the batching engine, default --max-batch), waits until it
 decodes with its final backend (the C++ step once built), and runs N threads, each with its own
@@ -15,6 +16,10 @@ each: completed, errors, latency p50/p95/max, first-character latency p95, aggre
 characters/s, and the CPU time the page's process and the clients spent per character delivered
 (Linux); then the ratios, and the ceiling: the machine's float32 matmul GFLOP/s (measured
 here) over the ~2 x parameters FLOPs a character costs.
+
+--served-before N first sends each page N one-character requests (32 clients), so the load meets a page
+that has been up a while: whatever the server keeps per request (Gradio's sessions, its record of
+past requests) has piled up. Reported as served_before (server CPU per request, memory after).
 
 --queue-overflow adds a phase against the shipped page: max-batch + QUEUE_SIZE + 32 requests at the
 same instant. The page runs max-batch and queues QUEUE_SIZE; the rest must get gradio's "Queue is
@@ -250,6 +255,20 @@ def flops_per_char(model: str) -> float:
     return 2 * matrices
 
 
+def serve_before(url: str, pid: int, requests: int, vocab: str, timeout: float, clients: int = 32) -> dict:
+    """`requests` one-character requests from `clients` at once, so that the load then meets a page that
+    has been serving for a while (what Gradio keeps per request adds up). Reports how they went."""
+    server_cpu = cpu_seconds(pid)
+    results, wall_s = run_phase(url, clients, max(requests // clients, 1), 1, vocab, timeout)
+    done = len(results.latencies)
+    report = {"completed": done, "errors": len(results.errors), "malformed": len(results.malformed)}
+    report["wall_s"] = round(wall_s, 1)
+    if server_cpu is not None and (server_cpu_after := cpu_seconds(pid)) is not None:
+        report["server_cpu_ms_per_request"] = round(1000 * (server_cpu_after - server_cpu) / max(done, 1), 2)
+    report["rss_mb_after"] = resident_mb(pid)
+    return report
+
+
 def measure(args: argparse.Namespace, max_batch: int, vocab: str, overflow: bool) -> dict:
     """Start app.py with `max_batch`, warm it up, run the load (and the overflow phase); stop it."""
     log = Path(tempfile.mkstemp(prefix=f"tinygpt-load-batch{max_batch}-", suffix=".log")[1])
@@ -258,6 +277,8 @@ def measure(args: argparse.Namespace, max_batch: int, vocab: str, overflow: bool
     try:
         report["rss_mb_idle"] = resident_mb(process.pid)
         run_phase(url, 1, 1, args.chars, vocab, args.timeout)  # warm up
+        if args.served_before:
+            report["served_before"] = serve_before(url, process.pid, args.served_before, vocab, args.timeout)
         print(f"max-batch {max_batch}: {args.clients} x {args.requests} x {args.chars} chars ...", file=sys.stderr)
         server_cpu, clients_cpu = cpu_seconds(process.pid), time.process_time()
         results, wall_s = run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout)
@@ -269,6 +290,9 @@ def measure(args: argparse.Namespace, max_batch: int, vocab: str, overflow: bool
         report["clients_cpu_ms_per_char"] = round(1000 * (time.process_time() - clients_cpu) / chars, 4)
         report["rss_mb_after"] = resident_mb(process.pid)
         report["passed"] = not results.errors and not results.malformed
+        if args.served_before:
+            before = report["served_before"]
+            report["passed"] = report["passed"] and not before["errors"] and not before["malformed"]
         if overflow:
             burst = max_batch + QUEUE_SIZE + 32
             print(f"overflow: {burst} requests at once x {args.overflow_chars} chars ...", file=sys.stderr)
@@ -304,6 +328,8 @@ def main() -> int:
     parser.add_argument("--queue-overflow", action="store_true", help="then send max-batch + QUEUE_SIZE "
                         f"({QUEUE_SIZE}) + 32 requests at once; the extra ones must be refused quickly")  # fmt: skip
     parser.add_argument("--overflow-chars", type=int, default=50, help="characters per request in that phase")
+    parser.add_argument("--served-before", type=int, default=0, help="first send this many one-character "
+                        "requests to each page (one that has been up a while), then the load")  # fmt: skip
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a request counts as hung")
     args = parser.parse_args()
 

@@ -95,6 +95,23 @@ def test_build_demo_exposes_only_the_generate_api(engine):
     assert public == ["generate"]
 
 
+def test_the_page_does_not_summarise_its_requests_after_each_one(engine):
+    """Gradio's queue summarises its last 10,000 requests in a pandas table after every request (for a
+    monitoring dashboard that is off): milliseconds of CPU per request on a page that has been busy."""
+    demo = build_demo(engine)
+    demo.queue()
+    queue = demo._queue
+    queue.event_analytics = {str(i): {"status": "success", "process_time": 1.0, "function": "f"} for i in range(100)}
+    queue.events_recorded = 1000
+    summaries = []
+    original = queue._get_df
+    queue._get_df = lambda records: summaries.append(len(records)) or original(records)
+    for _ in range(100):
+        queue.compute_analytics_summary(list(queue.event_analytics.values()))  # what it runs per finished request
+        queue.events_recorded += 1
+    assert summaries == []
+
+
 def test_share_is_dropped_with_a_clear_line_when_gradio_live_is_out_of_reach(monkeypatch):
     import gradio.networking
 

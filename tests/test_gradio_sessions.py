@@ -1,5 +1,5 @@
-"""Sessions of the page start from a copy of one configuration (tinygpt.gradio_sessions): the same
-configuration Gradio builds itself, each session's own, and built once, not per API call."""
+"""Sessions of the page start without component configurations (tinygpt.gradio_sessions): none is
+built per session, and after an event writes a value the session holds what Gradio's own would."""
 
 import gradio as gr
 import pytest
@@ -26,37 +26,46 @@ def gradio_built(demo) -> state_holder.SessionState:
     return session
 
 
-def test_a_new_session_has_the_configuration_gradio_builds(demo):
-    first, later = state_holder.SessionState(demo), state_holder.SessionState(demo)
-    expected = gradio_built(demo)
-    assert len(expected.config_values) > 50
-    assert first.config_values == later.config_values == expected.config_values
-    assert later.blocks_config.blocks == expected.blocks_config.blocks
-    assert later.blocks_config is not demo.default_config and later.state_data == {} and not later.is_closed
+def a_textbox(session: state_holder.SessionState) -> int:
+    return next(key for key, config in session.config_values.items() if config.get("type") == "textbox")
 
 
-def test_later_sessions_do_not_ask_the_components_again(demo, monkeypatch):
-    state_holder.SessionState(demo)  # the first builds the template
+def test_a_new_session_asks_no_component_for_its_configuration(demo, monkeypatch):
     calls = []
     original = BlocksConfig.config_for_block
-    counted = staticmethod(lambda *args: calls.append(1) or original(*args))
-    monkeypatch.setattr(BlocksConfig, "config_for_block", counted)
-    state_holder.SessionState(demo)
-    assert calls == []
-    with gr.Blocks() as other_page:  # a page not given a template: Gradio builds its sessions itself
+    monkeypatch.setattr(BlocksConfig, "config_for_block", staticmethod(lambda *a: calls.append(1) or original(*a)))
+    session = state_holder.SessionState(demo)
+    assert calls == [] and session.config_values == {}
+    expected = gradio_built(demo)
+    assert len(calls) > 50  # what each session cost before
+    assert session.blocks_config.blocks == expected.blocks_config.blocks
+    assert session.blocks_config is not demo.default_config and session.state_data == {} and not session.is_closed
+
+
+def test_other_pages_keep_the_sessions_gradio_builds(demo):
+    with gr.Blocks() as other_page:
         gr.Textbox()
-    calls.clear()
-    state_holder.SessionState(other_page)
-    first = len(calls)
-    state_holder.SessionState(other_page)
-    assert first > 0 and len(calls) == 2 * first
+    session = state_holder.SessionState(other_page)
+    assert session.config_values and session.config_values == gradio_built(other_page).config_values
+
+
+def test_a_written_value_leaves_the_configuration_gradio_would_hold(demo):
+    lean, full = state_holder.SessionState(demo), gradio_built(demo)
+    textbox = a_textbox(full)
+    for session in (lean, full):
+        session._update_value_in_config(textbox, "written")  # what Gradio does with an event's output
+    assert lean.config_values[textbox] == full.config_values[textbox]
+    assert lean.config_values[textbox]["props"]["value"] == "written"
+    assert list(lean.components) == [full.config_values[textbox]]  # what Gradio's deep-link route would save
 
 
 def test_a_value_written_into_one_session_stays_in_that_session(demo):
     one, two = state_holder.SessionState(demo), state_holder.SessionState(demo)
-    textbox = next(key for key, config in one.config_values.items() if config.get("type") == "textbox")
-    before = two.config_values[textbox]["props"].get("value")
-    one._update_value_in_config(textbox, "only in session one")  # what Gradio does with an event's output
+    textbox = a_textbox(gradio_built(demo))
+    default = gradio_built(demo).config_values[textbox]["props"].get("value")
+    one._update_value_in_config(textbox, "only in session one")
     assert one.config_values[textbox]["props"]["value"] == "only in session one"
-    assert two.config_values[textbox]["props"].get("value") == before
-    assert state_holder.SessionState(demo).config_values[textbox]["props"].get("value") == before
+    assert two.config_values == {}
+    two._update_value_in_config(textbox, "in session two")
+    assert one.config_values[textbox]["props"]["value"] == "only in session one"
+    assert gradio_built(demo).config_values[textbox]["props"].get("value") == default  # the page itself untouched

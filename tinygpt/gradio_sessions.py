@@ -1,17 +1,18 @@
-"""Gradio sessions started from a copy of one ready-made page configuration, not built from scratch.
+"""Gradio sessions that start without their own copy of every component's configuration.
 
-Gradio keeps, for each session, its own copy of every component's configuration (74 components on
-this page), and builds it when the session starts by asking each component for its properties
-and API schema. A browser tab starts one session, but an API call that sends no session hash (curl,
-or a plain HTTP client) is a session of its own: on a crowded page that construction, ~5 ms of
-server CPU per call, was a third of the CPU each call cost, and every stored session kept ~2,000
-objects for Python's garbage collector to walk. A session's starting configuration is the same for
-every session of a page, so `start_sessions_from_template(demo)` has Gradio build it once, for the
-page's first session, and gives each later one a copy: the outer dict and, per component, its dict
-and its "props" (the only level Gradio writes into, when an event updates a value).
+Gradio keeps a session for each browser tab and for each API call that sends no session hash
+(curl, a plain HTTP client): up to 10,000 of them. Each one starts with its own configuration of
+every component on the page (74 here), built by asking each component for its properties and API
+schema: ~5 ms of server CPU and ~50 KB kept per session, ~500 MB once a busy page holds 10,000.
+Gradio reads those configurations for one thing only, its deep-link route (a session's current
+values, for a `gr.DeepLinkButton`, which this page does not have), and when an event writes a
+value into a session that has no configuration for that component, Gradio builds it then. So the
+sessions of a page passed to `start_sessions_lean(demo)` start with none: an API call's session
+keeps ~3 KB, and a browser tab's the configurations of the components its events have written.
 
-Written against gradio's `state_holder.SessionState` (its `config_values` and `blocks`); the tests
-check that a session started from the template has the configuration Gradio builds itself.
+Written against gradio's `state_holder.SessionState`, whose `config_values` only its own methods
+use; the tests check that after an event's write a session holds the configuration Gradio's own
+session would.
 """
 
 from __future__ import annotations
@@ -21,24 +22,13 @@ import weakref
 import gradio as gr
 from gradio import state_holder
 
-_templates: weakref.WeakKeyDictionary[gr.Blocks, dict | None] = weakref.WeakKeyDictionary()  # None: not built yet
+_lean_pages: weakref.WeakSet[gr.Blocks] = weakref.WeakSet()
 _gradio_init = state_holder.SessionState.__init__
-
-
-def copy_config(config_values: dict) -> dict:
-    """A copy of a session's component configurations down to each one's props."""
-    copied = {}
-    for key, config in config_values.items():
-        config = dict(config)
-        if "props" in config:
-            config["props"] = dict(config["props"])
-        copied[key] = config
-    return copied
 
 
 class _WithoutComponents:
     """A page seen by SessionState's constructor as having no components: it sets up everything
-    else of the session, and the component configurations come from the template."""
+    else of the session, with no component configurations."""
 
     def __init__(self, blocks: gr.Blocks) -> None:
         self.default_config = blocks.default_config
@@ -46,18 +36,10 @@ class _WithoutComponents:
 
 
 def _init_session(session: state_holder.SessionState, blocks: gr.Blocks) -> None:
-    if blocks not in _templates:  # a page without a template: Gradio's own construction
-        _gradio_init(session, blocks)
-    elif _templates[blocks] is None:  # the page's first session: Gradio builds it, a copy is the template
-        _gradio_init(session, blocks)
-        _templates[blocks] = copy_config(session.config_values)
-    else:
-        _gradio_init(session, _WithoutComponents(blocks))
-        session.config_values = copy_config(_templates[blocks])
+    _gradio_init(session, _WithoutComponents(blocks) if blocks in _lean_pages else blocks)
 
 
-def start_sessions_from_template(demo: gr.Blocks) -> None:
-    """New sessions of `demo` start from a copy of its first session's configuration. Call it once
-    the page is complete (components added later would be missing from the template)."""
-    _templates[demo] = None
+def start_sessions_lean(demo: gr.Blocks) -> None:
+    """New sessions of `demo` start without component configurations (other pages: as Gradio builds them)."""
+    _lean_pages.add(demo)
     state_holder.SessionState.__init__ = _init_session
