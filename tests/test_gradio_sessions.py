@@ -42,7 +42,7 @@ def test_a_new_session_asks_no_component_for_its_configuration(demo, monkeypatch
     assert session.blocks_config is not demo.default_config and session.state_data == {} and not session.is_closed
 
 
-def test_other_pages_keep_the_sessions_gradio_builds(demo):
+def test_other_pages_keep_the_sessions_gradio_builds(demo):  # `demo` has installed the lean sessions
     with gr.Blocks() as other_page:
         gr.Textbox()
     session = state_holder.SessionState(other_page)
