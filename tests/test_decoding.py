@@ -98,6 +98,19 @@ def test_sequences_join_and_leave_between_steps_without_disturbing_the_others(sh
     assert decoder.sequences == []
 
 
+def test_each_token_keeps_the_logits_it_was_drawn_from_while_sequences_leave(tiny_model):
+    # The first sequence finishes at the first step and leaves; the last one moves into its row.
+    prompts = [[4, 8, 15], [16, 23], [42]]
+    decoder = Decoder(TorchBackend(tiny_model), 3)
+    for prompt, n in zip(prompts, (1, 3, 3), strict=True):
+        decoder.add(Sequence(list(prompt), n, temperature=0))
+    first = decoder.step()
+    decoder.step()
+    with torch.inference_mode():
+        for token, prompt in zip(first, prompts, strict=True):
+            torch.testing.assert_close(token.logits, tiny_model(torch.tensor([prompt]))[0][0, -1])
+
+
 def test_streamed_logits_and_probabilities_are_the_models(tiny_model, tokenizer):
     sequence = Sequence([4, 8, 15], 3, temperature=0)
     steps = list(decode(TorchBackend(tiny_model), [sequence]))

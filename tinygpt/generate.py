@@ -65,7 +65,6 @@ class Sequence:
     generator: torch.Generator | None = None
     produced: int = 0
     cached: int = 0  # positions of this sequence in its cache row
-    logits: torch.Tensor | None = field(default=None, repr=False)  # (V,) for the next token, once computed
     uniforms: list[float] = field(default_factory=list, init=False, repr=False)  # drawn, not yet used (reversed)
 
     @property
@@ -85,7 +84,14 @@ class Sequence:
 class Token(NamedTuple):
     sequence: Sequence
     token: int
-    logits: torch.Tensor  # (V,) the model's logits it was drawn from (their softmax: its distribution at temperature 1)
+    step_logits: torch.Tensor  # (B, V) the logits of the step it was drawn in, one row per sequence
+    row: int  # its sequence's row there
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """(V,) the model's logits it was drawn from (their softmax: its distribution at temperature 1).
+        A view made when asked for: most readers never ask, and a step has a token per sequence."""
+        return self.step_logits[self.row]
 
 
 def sample_rows(
@@ -120,6 +126,9 @@ class Decoder:
         self.max_batch = max_batch
         self.cache = KVCache.empty(self.config, max_batch, backend.cache_dtype)
         self.sequences: list[Sequence] = []
+        # (len(sequences), V): row i, sequence i's logits for its next token. A new tensor whenever
+        # it changes, never written in place: the tokens of the last step are views of it.
+        self.logits = torch.empty(0, self.config.vocab_size)
 
     def use(self, backend: Backend) -> None:
         """Run the next passes with `backend`; the sequences in progress carry on, their cache in its dtype."""
@@ -140,16 +149,19 @@ class Decoder:
             raise ValueError("a sequence needs at least one token to start from")
         sequence.tokens = sequence.tokens[-self.config.block_size :]
         self.sequences.append(sequence)
-        sequence.logits = self._prefill(len(self.sequences) - 1, sequence.tokens)
+        self.logits = torch.cat([self.logits, self._prefill(len(self.sequences) - 1, sequence.tokens)[None]])
         sequence.cached = len(sequence.tokens)
 
     def remove(self, sequence: Sequence) -> None:
         """Let a sequence go (finished or cancelled); the last one moves into its cache row."""
         row, last = self.sequences.index(sequence), len(self.sequences) - 1
+        order = list(range(last))
         if row != last:
             self.cache.copy_row(last, row)
             self.sequences[row] = self.sequences[last]
+            order[row] = last
         self.sequences.pop()
+        self.logits = self.logits[order]
 
     @torch.inference_mode()
     def step(self) -> list[Token]:
@@ -157,10 +169,10 @@ class Decoder:
         position further, together, so their next logits are ready for the next step."""
         if not self.sequences:
             return []
-        logits = torch.stack([s.logits for s in self.sequences])
+        logits = self.logits
         settings = [(s.temperature, s.top_k, s.top_p) for s in self.sequences]
         new = sample_rows(logits, settings, [s.next_uniform() if s.temperature else 0.0 for s in self.sequences])
-        tokens = [Token(*row) for row in zip(self.sequences, new, logits, strict=True)]
+        tokens = [Token(s, token, logits, row) for row, (s, token) in enumerate(zip(self.sequences, new, strict=True))]
         for sequence, token in zip(self.sequences, new, strict=True):
             sequence.tokens.append(token)
             sequence.produced += 1
@@ -175,9 +187,8 @@ class Decoder:
         if self.sequences:
             last = torch.tensor([[s.tokens[-1]] for s in self.sequences])
             positions = torch.tensor([s.cached for s in self.sequences])
-            logits = self.backend(last, positions, self.cache.rows(0, len(self.sequences)))[:, -1]
-            for sequence, row in zip(self.sequences, logits, strict=True):
-                sequence.logits = row
+            self.logits = self.backend(last, positions, self.cache.rows(0, len(self.sequences)))[:, -1]
+            for sequence in self.sequences:
                 sequence.cached += 1
         return tokens
 
