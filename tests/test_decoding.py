@@ -35,14 +35,14 @@ def test_a_backend_with_another_cache_dtype_takes_over_the_sequences_in_progress
         for prompt in ([1, 2, 3], [4, 5]):
             decoder.add(Sequence(prompt, 10, temperature=0.0))
         decoder.step()
-    decoders[1].use(TorchBackend(sharp_model, cache_dtype=torch.float16))  # as the page does once C++ is built
-    assert decoders[1].cache.k.dtype == decoders[1].cache.v.dtype == torch.float16
+    decoders[1].use(TorchBackend(sharp_model, cache_dtype=torch.int8))  # as the page does once C++ is built
+    assert decoders[1].cache.k.dtype == decoders[1].cache.v.dtype == torch.int8
     for decoder in decoders:  # a token carries the logits it was drawn from: the step before's
         decoder.step()
-    float32, float16 = (torch.stack([t.logits for t in decoder.step()]) for decoder in decoders)
-    assert torch.equal(float16.argmax(-1), float32.argmax(-1))  # the same text, from keys and values rounded
-    torch.testing.assert_close(float16, float32, atol=1e-2 * float32.abs().max().item(), rtol=0)
-    assert not torch.equal(float16, float32)
+    float32, int8 = (torch.stack([t.logits for t in decoder.step()]) for decoder in decoders)
+    assert torch.equal(int8.argmax(-1), float32.argmax(-1))  # the same text, from keys and values rounded
+    torch.testing.assert_close(int8, float32, atol=1e-2 * float32.abs().max().item(), rtol=0)
+    assert not torch.equal(int8, float32)
 
 
 def test_within_the_window_decoding_reproduces_the_seeds_generate(sharp_model, tiny_config):

@@ -135,7 +135,7 @@ def test_switching_backend_mid_generation_keeps_the_text(sharp_model, tokenizer)
     if backends.extension() is None:
         pytest.skip("the C++ decode step could not be built here")
     model = sharp_model
-    reference = TorchBackend(model, cache_dtype=torch.float16)  # the function the C++ step computes
+    reference = TorchBackend(model, cache_dtype=torch.int8)  # the function the C++ step computes
     expected = [alone(reference, tokenizer, request) for request in REQUESTS]
     engine = Engine(reference, max_batch=12)
     streams = [through(engine, tokenizer, request) for request in REQUESTS]

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.config import GPTConfig
+from tinygpt.model import KVCache, loaded, stored
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):
@@ -77,3 +78,30 @@ def test_generate_returns_prompt_plus_n_tokens_and_is_seeded(tiny_model):
 def test_config_rejects_heads_that_do_not_divide_the_width():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(vocab="ab", n_embd=30, n_head=4)
+
+
+def test_an_int8_cache_keeps_each_vector_to_half_a_step_of_its_own_scale():
+    x = torch.randn(3, 5, 64) * torch.tensor([1e-3, 1.0, 40.0])[:, None, None]
+    x[0, 0] = 0  # a vector of zeros: scale and values stay finite
+    values, scale = stored(x, torch.int8)
+    assert values.dtype == torch.int8 and values.abs().max() == 127
+    assert torch.equal(scale, (x.abs().amax(-1) / 127).clamp_min(torch.finfo(torch.float32).tiny))
+    assert torch.all((loaded(values, scale) - x).abs() <= scale[..., None] / 2 * (1 + 1e-6))
+    assert torch.equal(loaded(values, scale)[0, 0], torch.zeros(64))
+    assert stored(x, torch.float16)[1] is None and torch.equal(loaded(*stored(x, torch.float16)), x.half().float())
+
+
+def test_an_int8_cache_moves_scales_with_their_rows_and_converts_to_and_fro(tiny_config):
+    cache = KVCache.empty(tiny_config, 3, torch.int8)
+    H, D = tiny_config.n_head, tiny_config.head_size
+    k, v = torch.randn(3, H, 4, D), torch.randn(3, H, 4, D) * torch.tensor([1.0, 5.0, 0.1])[:, None, None, None]
+    cache.store(1, torch.arange(4).expand(3, 4), k, v)
+    keys, values = cache.read(1, 4)
+    assert torch.all((values - v).abs() <= cache.v_scale[1, :, :, :4, None] / 2 * (1 + 1e-6))  # half a step
+    assert torch.all((keys - k).abs() <= cache.k_scale[1, :, :, :4, None] / 2 * (1 + 1e-6))
+    cache.copy_row(2, 0)
+    assert torch.equal(cache.read(1, 4)[1][0], values[2])
+    as_float = cache.to(torch.float32)
+    assert as_float.k_scale is None and torch.equal(as_float.read(1, 4)[0], cache.read(1, 4)[0])
+    back = as_float.to(torch.int8)
+    assert torch.equal(back.k, cache.k) and torch.equal(back.read(1, 4)[1], cache.read(1, 4)[1])

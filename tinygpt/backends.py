@@ -8,14 +8,15 @@ once, above them.
   torch - the PyTorch model in float32, with a float32 cache: the reference.
   int8  - the PyTorch model with int8 weights (`tinygpt.quantize`): a different, slightly rounded
           function (validation loss within 0.001); faster than float32 on PyTorch.
-  cpp   - float32 weights and arithmetic with a float16 cache, each pass (a step, a prompt, the
+  cpp   - float32 weights and arithmetic with an int8 cache, each pass (a step, a prompt, the
           window's re-prefill) one C++ call (`csrc/decode.cpp`) instead of ~150 PyTorch operations.
-          The same function as the PyTorch model given a float16 cache (`TorchBackend(model,
-          cache_dtype=torch.float16)`, its reference in the tests). The float16 cache halves what
-          attention reads from memory, much of a crowded step; the shipped model's validation loss
-          is the same to 5 decimals (README: Generation speed). With `threads` > 1 a step of 8 or
-          more sequences is cut into that many parts of about equal work, and a long prompt into
-          parts of its positions, one thread each. Compiled on first use (~40 s on 2 cores; cached
+          The same function as the PyTorch model given an int8 cache (`TorchBackend(model,
+          cache_dtype=torch.int8)`, its reference in the tests). The int8 cache (each head's key or
+          value at a position scaled to -127..127, its scale kept beside it) quarters what attention
+          reads from memory, much of a crowded step; the shipped model's validation loss moves by
+          0.00002 (README: Generation speed). With `threads` > 1 a step of 8 or more sequences is
+          cut into that many parts of about equal work, and a long prompt into parts of its
+          positions, one thread each. Compiled on first use (~40 s on 2 cores; cached
           by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions).
           Fastest where it builds.
   auto  - cpp where it can be built, else torch.
@@ -99,7 +100,7 @@ def extension() -> object | None:
 
 
 class CppBackend:
-    """Every forward pass as one C++ call over the float32 weights and a float16 cache.
+    """Every forward pass as one C++ call over the float32 weights and an int8 cache.
 
     `threads`: how many threads a pass may share: a step of 8 or more sequences is cut by sequences,
     a prompt of 8 or more positions by positions. More than 1 pays only where PyTorch's idle OpenMP
@@ -109,7 +110,7 @@ class CppBackend:
     """
 
     name = "cpp"
-    cache_dtype = torch.float16
+    cache_dtype = torch.int8
 
     def __init__(self, model: GPT, threads: int = 1) -> None:
         module = extension()
@@ -121,7 +122,9 @@ class CppBackend:
         self.decoder = module.Decoder(dict(model.state_dict()), model.config.n_head, threads)
 
     def __call__(self, tokens: torch.Tensor, input_pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        return self.decoder.step(tokens.contiguous(), input_pos.contiguous(), cache.k, cache.v)
+        return self.decoder.step(
+            tokens.contiguous(), input_pos.contiguous(), cache.k, cache.v, cache.k_scale, cache.v_scale
+        )
 
 
 def load_backend(model: GPT, name: str = "auto", threads: int = 1) -> Backend:

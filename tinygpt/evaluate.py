@@ -30,7 +30,7 @@ def validation_loss(
 ) -> dict:
     """Mean next-character cross-entropy over `ids` (1-D), window by window; see module docstring.
     With `cache_dtype`, each window passes through a KV cache of that dtype, so attention sees keys and
-    values rounded as a backend that keeps such a cache stores them (float16: the C++ step)."""
+    values rounded as a backend that keeps such a cache stores them (int8: the C++ step)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", choices=("float32", "int8"), default="float32",
                         help="score the model as the demo runs it (int8) or as trained (float32)")  # fmt: skip
-    parser.add_argument("--cache-dtype", choices=("float32", "float16"), default=None,
-                        help="run each window through a KV cache of this dtype (float16: as the C++ step, "
+    parser.add_argument("--cache-dtype", choices=("float32", "float16", "int8"), default=None,
+                        help="run each window through a KV cache of this dtype (int8: as the C++ step, "
                         "the page's backend, keeps it); default: no cache")  # fmt: skip
     args = parser.parse_args(argv)
     try:

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(sample i uses seed + i)")  # fmt: skip
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how forward passes run: auto (the C++ "
                         "step where it builds, else torch), torch (float32), int8 (int8 weights), cpp (C++ step, "
-                        "float32 with a float16 KV cache; built on first use)")  # fmt: skip
+                        "float32 with an int8 KV cache; built on first use)")  # fmt: skip
     parser.add_argument("--model", "--weights", dest="weights", default=str(WEIGHTS_DIR),
                         help="weights folder, or USER/NAME of a Hugging Face Hub repo")  # fmt: skip
     args = parser.parse_args(argv)

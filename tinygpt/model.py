@@ -23,28 +23,74 @@ class KVCache:
     """Keys and values of the tokens seen so far, for `rows` sequences side by side, so each new token
     costs one position, not T. k and v are (n_layer, rows, n_head, block_size, head_size); row b of
     the batch passed to GPT.forward reads and writes row b here. `rows(a, b)` is a view of some rows.
-    A cache may keep a narrower dtype than the model computes in (float16 for the C++ step): keys and
-    values are rounded to it when stored, and attention computes with them as stored.
+
+    A cache may store keys and values more compactly than the model computes them: float16 rounds
+    them; int8 (the C++ step's) scales each head's key or value at a position to -127..127 by its
+    largest magnitude and keeps that scale beside it, in k_scale and v_scale (n_layer, rows, n_head,
+    block_size), float32. Attention computes with them as stored.
     """
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.k, self.v = k, v
+    def __init__(
+        self, k: torch.Tensor, v: torch.Tensor, k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None
+    ) -> None:
+        self.k, self.v, self.k_scale, self.v_scale = k, v, k_scale, v_scale
 
     @classmethod
     def empty(cls, config: GPTConfig, rows: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> KVCache:
         shape = (config.n_layer, rows, config.n_head, config.block_size, config.head_size)
         # Zeros, not garbage: a masked position still multiplies its value by 0, and 0 * NaN is NaN.
-        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        k, v = (torch.zeros(shape, dtype=dtype, device=device) for _ in range(2))
+        if dtype != torch.int8:
+            return cls(k, v)
+        return cls(k, v, *(torch.zeros(shape[:-1], device=device) for _ in range(2)))
 
     def rows(self, start: int, stop: int) -> KVCache:
-        return KVCache(self.k[:, start:stop], self.v[:, start:stop])
+        return KVCache(*(t if t is None else t[:, start:stop] for t in (self.k, self.v, self.k_scale, self.v_scale)))
 
     def to(self, dtype: torch.dtype) -> KVCache:
-        return KVCache(self.k.to(dtype), self.v.to(dtype))
+        """The same keys and values, stored as `dtype`."""
+        (k, k_scale), (v, v_scale) = (stored(loaded(t, scale), dtype) for t, scale in self._tensors())
+        return KVCache(k, v, k_scale, v_scale)
 
     def copy_row(self, source: int, target: int) -> None:
-        self.k[:, target] = self.k[:, source]
-        self.v[:, target] = self.v[:, source]
+        for t in (self.k, self.v, self.k_scale, self.v_scale):
+            if t is not None:
+                t[:, target] = t[:, source]
+
+    def store(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Keep the keys and values k, v (B, n_head, T, head_size) of rows 0..B-1 at positions (B, T)."""
+        rows = torch.arange(k.size(0), device=k.device)[:, None]
+        for (cache, scales), new in zip(self._tensors(), (k, v), strict=True):
+            values, scale = stored(new.transpose(1, 2), cache.dtype)  # (B, T, n_head, head_size), (B, T, n_head)
+            cache[layer][rows, :, positions] = values
+            if scales is not None:
+                scales[layer][rows, :, positions] = scale
+
+    def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values (rows, n_head, end, head_size) of positions 0..end-1, in float32."""
+        keys, values = (
+            loaded(cache[layer][:, :, :end], None if scales is None else scales[layer][:, :, :end])
+            for cache, scales in self._tensors()
+        )
+        return keys, values
+
+    def _tensors(self) -> tuple[tuple[torch.Tensor, torch.Tensor | None], ...]:
+        return (self.k, self.k_scale), (self.v, self.v_scale)
+
+
+def stored(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Vectors x (..., head_size) as a cache of `dtype` keeps them: (values, None), or for int8 (values,
+    scales (...)), each vector divided by its scale, its largest magnitude over 127, and rounded."""
+    if dtype != torch.int8:
+        return x.to(dtype), None
+    # A vector of zeros would have scale 0, and 0 / 0 is NaN: the smallest float32 instead.
+    scale = (x.abs().amax(-1) / 127).clamp_min(torch.finfo(torch.float32).tiny)
+    return (x / scale[..., None]).round().clamp(-127, 127).to(torch.int8), scale
+
+
+def loaded(x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    """Stored vectors back as float32 (see `stored`)."""
+    return x.float() if scale is None else x.float() * scale[..., None]
 
 
 class MultiHeadAttention(nn.Module):
@@ -63,23 +109,19 @@ class MultiHeadAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cached: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
-        """x (B, T, N). With `cached` = (keys, values, positions, mask): the new keys and values go into
-        this layer's cache (B, n_head, block_size, head_size) at positions (B, T), and each token
-        attends to its sequence's cached positions that `mask` (B, 1, T, S) allows."""
+    def forward(self, x: torch.Tensor, cached: tuple | None = None) -> torch.Tensor:
+        """x (B, T, N). With `cached` = (cache, layer, positions, mask): the new keys and values go into
+        the KVCache's rows 0..B-1 of this layer at positions (B, T), and each token attends to its
+        sequence's cached positions that `mask` (B, 1, T, S) allows."""
         B, T, N = x.shape
         # (B, T, 3N) -> three (B, n_head, T, head_size)
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, N // self.n_head).permute(2, 0, 3, 1, 4)
         if cached is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            keys, values, positions, mask = cached
-            rows = torch.arange(B, device=x.device)[:, None]
-            # (B, T, n_head, head_size) into each row's slots, in the cache's dtype (see KVCache)
-            keys[rows, :, positions] = k.transpose(1, 2).to(keys.dtype)
-            values[rows, :, positions] = v.transpose(1, 2).to(values.dtype)
-            S = mask.size(-1)
-            keys, values = keys[:, :, :S].to(q.dtype), values[:, :, :S].to(q.dtype)
+            cache, layer, positions, mask = cached
+            cache.store(layer, positions, k, v)
+            keys, values = (t.to(q.dtype) for t in cache.read(layer, mask.size(-1)))
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, N)
         return self.dropout(self.proj(y))
@@ -111,7 +153,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.ffwd = FeedForward(config)
 
-    def forward(self, x: torch.Tensor, cached: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cached: tuple | None = None) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), cached)
         x = x + self.ffwd(self.ln2(x))
         return x
@@ -180,7 +222,7 @@ class GPT(nn.Module):
             mask = torch.arange(end, device=idx.device) <= positions[:, None, :, None]  # (B, 1, T, end)
         for layer, block in enumerate(self.blocks):
             if cache is not None:
-                cached = (cache.k[layer], cache.v[layer], positions, mask)
+                cached = (cache, layer, positions, mask)
             x = block(x, cached)
         logits = self.lm_head(self.ln_f(x))
         loss = None

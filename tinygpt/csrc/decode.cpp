@@ -3,14 +3,17 @@
 // Why: at small batches a pass is ~150 tiny PyTorch operations, and their dispatch costs more than
 // the arithmetic. Here the same pass (embeddings -> L pre-LayerNorm blocks -> final LayerNorm ->
 // head) is plain loops over float32 weights, found by their state_dict names, reading and writing
-// the caller's KV cache, whose keys and values are float16: in a crowd, attention reads every
-// sequence's cache at every step, and half the bytes is half the wait on memory. The arithmetic is
-// float32 throughout. tinygpt/backends.py builds this file and checks it against PyTorch.
+// the caller's KV cache, whose keys and values are int8, each head's vector at a position with its
+// own float32 scale (as tinygpt.model's KVCache stores them): in a crowd, attention reads every
+// sequence's cache at every step, from memory rather than the CPU's caches, and a quarter of float32's
+// bytes is less wait. The arithmetic is float32 throughout. tinygpt/backends.py builds this file and
+// checks it against PyTorch.
 
 #include <torch/extension.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cfloat>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -23,7 +26,7 @@
 #include <thread>
 #include <vector>
 
-#if defined(__F16C__)
+#if defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -98,45 +101,37 @@ void layer_norm(const float* x, int64_t rows, int64_t n, const float* gain, cons
 }
 
 #if defined(__AVX512F__)
-// 16 float16s from memory as float32s.
-inline __m512 load_half16(const at::Half* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+// 16 int8s from memory as float32s.
+inline __m512 load_int8x16(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 #endif
 
-// dst[i] = src[i], float16 to float32, 16 or 8 at a time where the CPU has an instruction for that.
-void widen(const at::Half* src, int64_t n, float* dst) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, load_half16(src + i));
-#elif defined(__F16C__)
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-#endif
-  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+// dst[i] = src[i] * scale, int8 to float32.
+void widen(const int8_t* src, int64_t n, float scale, float* dst) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]) * scale;
 }
 
-// dst[i] = src[i] rounded to the nearest float16 (as PyTorch's .half() rounds), 16 or 8 at a time likewise.
-void narrow(const float* src, int64_t n, at::Half* dst) {
-  int64_t i = 0;
-#if defined(__AVX512F__)
-  for (; i + 16 <= n; i += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
-                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#elif defined(__F16C__)
-  for (; i + 8 <= n; i += 8)
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
-                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#endif
-  for (; i < n; ++i) dst[i] = src[i];
+// dst[0..n) = src[0..n) / scale, rounded half to even (as torch.round) into -127..127, where scale is
+// their largest magnitude over 127; returns the scale. tinygpt.model's `stored` does the same.
+float quantize(const float* src, int64_t n, int8_t* dst) {
+  float top = 0.f;
+#pragma omp simd reduction(max : top)
+  for (int64_t i = 0; i < n; ++i) top = std::max(top, std::fabs(src[i]));
+  const float scale = std::max(top / 127.f, FLT_MIN);  // all zeros: 0 / FLT_MIN is 0, not 0 / 0
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = static_cast<int8_t>(std::min(std::max(std::nearbyint(src[i] / scale), -127.f), 127.f));
+  return scale;
 }
 
 constexpr int64_t kKeys = 16;  // cached positions widened to float32 at a time (a few KB: stays in L1)
 
-// Ask for n float16s from memory ahead of their use, a 64-byte line at a time.
-void prefetch(const at::Half* p, int64_t n) {
+// Ask for n int8s from memory ahead of their use, a 64-byte line at a time.
+void prefetch(const int8_t* p, int64_t n) {
 #if defined(__GNUC__)
-  for (int64_t i = 0; i < n; i += 32) __builtin_prefetch(p + i);
+  for (int64_t i = 0; i < n; i += 64) __builtin_prefetch(p + i);
 #endif
 }
 
@@ -180,17 +175,18 @@ inline __m512 sum_each(const __m512 x[16]) {
   return _mm512_add_ps(_mm512_shuffle_f32x4(low, high, 0x88), _mm512_shuffle_f32x4(low, high, 0xDD));
 }
 
-// head<64>'s computation in AVX-512 registers: the float16 keys and values are widened where they are
+// head<64>'s computation in AVX-512 registers: the int8 keys and values are widened where they are
 // used, 16 positions' scores are summed together (sum_each), and the output stays in registers.
-void head64(const float* q, const at::Half* k, const at::Half* v, int64_t seen, float scale, float* scores, float* o) {
+void head64(const float* q, const int8_t* k, const float* k_scale, const int8_t* v, const float* v_scale, int64_t seen,
+            float scale, float* scores, float* o) {
   constexpr int64_t D = 64;
   const __m512 q0 = _mm512_loadu_ps(q), q1 = _mm512_loadu_ps(q + 16), q2 = _mm512_loadu_ps(q + 32),
                q3 = _mm512_loadu_ps(q + 48);
-  auto products = [&](const at::Half* kt) {  // q . kt, as 16 partial sums
-    __m512 acc = _mm512_mul_ps(q0, load_half16(kt));
-    acc = _mm512_fmadd_ps(q1, load_half16(kt + 16), acc);
-    acc = _mm512_fmadd_ps(q2, load_half16(kt + 32), acc);
-    return _mm512_fmadd_ps(q3, load_half16(kt + 48), acc);
+  auto products = [&](const int8_t* kt) {  // q . kt, as 16 partial sums
+    __m512 acc = _mm512_mul_ps(q0, load_int8x16(kt));
+    acc = _mm512_fmadd_ps(q1, load_int8x16(kt + 16), acc);
+    acc = _mm512_fmadd_ps(q2, load_int8x16(kt + 32), acc);
+    return _mm512_fmadd_ps(q3, load_int8x16(kt + 48), acc);
   };
   const __m512 scale16 = _mm512_set1_ps(scale);
   __m512 top16 = _mm512_set1_ps(-INFINITY);
@@ -200,29 +196,30 @@ void head64(const float* q, const at::Half* k, const at::Half* v, int64_t seen, 
     prefetch(v + t0 * D, kKeys * D);
     __m512 dots[kKeys];
     for (int64_t t = 0; t < kKeys; ++t) dots[t] = products(k + (t0 + t) * D);
-    const __m512 s = _mm512_mul_ps(sum_each(dots), scale16);
+    const __m512 s = _mm512_mul_ps(_mm512_mul_ps(sum_each(dots), _mm512_loadu_ps(k_scale + t0)), scale16);
     _mm512_storeu_ps(scores + t0, s);
     top16 = _mm512_max_ps(top16, s);
   }
   float top = _mm512_reduce_max_ps(top16);
   for (int64_t t = t0; t < seen; ++t) {
-    scores[t] = _mm512_reduce_add_ps(products(k + t * D)) * scale;
+    scores[t] = _mm512_reduce_add_ps(products(k + t * D)) * k_scale[t] * scale;
     top = std::max(top, scores[t]);
   }
   const float total = exponentiate(scores, seen, top);
-  // Two sets of accumulators, for even and odd positions: twice the additions in flight.
+  // Two sets of accumulators, for even and odd positions: twice the additions in flight. Each
+  // position's weight takes its value's scale along.
   __m512 even[4] = {}, odd[4] = {};
   int64_t t = 0;
   for (; t + 2 <= seen; t += 2) {
-    const __m512 pe = _mm512_set1_ps(scores[t]), po = _mm512_set1_ps(scores[t + 1]);
+    const __m512 pe = _mm512_set1_ps(scores[t] * v_scale[t]), po = _mm512_set1_ps(scores[t + 1] * v_scale[t + 1]);
     for (int c = 0; c < 4; ++c) {
-      even[c] = _mm512_fmadd_ps(pe, load_half16(v + t * D + 16 * c), even[c]);
-      odd[c] = _mm512_fmadd_ps(po, load_half16(v + (t + 1) * D + 16 * c), odd[c]);
+      even[c] = _mm512_fmadd_ps(pe, load_int8x16(v + t * D + 16 * c), even[c]);
+      odd[c] = _mm512_fmadd_ps(po, load_int8x16(v + (t + 1) * D + 16 * c), odd[c]);
     }
   }
   if (t < seen) {
-    const __m512 pe = _mm512_set1_ps(scores[t]);
-    for (int c = 0; c < 4; ++c) even[c] = _mm512_fmadd_ps(pe, load_half16(v + t * D + 16 * c), even[c]);
+    const __m512 pe = _mm512_set1_ps(scores[t] * v_scale[t]);
+    for (int c = 0; c < 4; ++c) even[c] = _mm512_fmadd_ps(pe, load_int8x16(v + t * D + 16 * c), even[c]);
   }
   const __m512 norm = _mm512_set1_ps(1.f / total);
   for (int c = 0; c < 4; ++c) _mm512_storeu_ps(o + 16 * c, _mm512_mul_ps(_mm512_add_ps(even[c], odd[c]), norm));
@@ -297,7 +294,7 @@ class Team {
     do {
       for (int i = 0; i < 16; ++i) {
         if (ready()) return;
-#if defined(__F16C__)
+#if defined(__SSE2__)
         _mm_pause();
 #endif
       }
@@ -370,27 +367,33 @@ class Decoder {
     lm_head_bias_ = get("lm_head.bias");
   }
 
-  // tokens (B, T) int64, row b at positions positions[b]..positions[b]+T-1; keys and values
+  // tokens (B, T) int64, row b at positions positions[b]..positions[b]+T-1; keys and values int8
   // (n_layer, B, n_head, block_size, head_size), row b the cache of sequence b, each (n_head,
-  // block_size, head_size) block contiguous: the new keys and values are written there. -> logits (B, T, vocab).
+  // block_size, head_size) block contiguous, and their scales float32 (n_layer, B, n_head, block_size),
+  // likewise: the new keys and values are written there. -> logits (B, T, vocab).
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions, torch::Tensor keys,
-                     torch::Tensor values) {
+                     torch::Tensor values, torch::Tensor key_scales, torch::Tensor value_scales) {
     TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(),
                 "tokens: (B, T) int64");
     const int64_t B = tokens.size(0), T = tokens.size(1), N = n_embd_, L = layers_.size();
     TORCH_CHECK(positions.dim() == 1 && positions.size(0) == B && positions.scalar_type() == torch::kLong &&
                     positions.is_contiguous(), "positions: (B,) int64");
     for (const auto* cache : {&keys, &values})
-      TORCH_CHECK(cache->scalar_type() == torch::kHalf && cache->dim() == 5 && cache->size(0) == L &&
+      TORCH_CHECK(cache->scalar_type() == torch::kChar && cache->dim() == 5 && cache->size(0) == L &&
                       cache->size(1) == B && cache->size(2) == n_head_ && cache->size(3) == block_size_ &&
                       cache->size(4) == N / n_head_ && cache->stride(4) == 1 && cache->stride(3) == N / n_head_ &&
                       cache->stride(2) == block_size_ * N / n_head_,
-                  "caches must be float16 (n_layer, B, n_head, block_size, head_size), each row's block contiguous");
+                  "caches must be int8 (n_layer, B, n_head, block_size, head_size), each row's block contiguous");
+    for (const auto* scales : {&key_scales, &value_scales})
+      TORCH_CHECK(scales->scalar_type() == torch::kFloat && scales->dim() == 4 && scales->size(0) == L &&
+                      scales->size(1) == B && scales->size(2) == n_head_ && scales->size(3) == block_size_ &&
+                      scales->stride(3) == 1 && scales->stride(2) == block_size_,
+                  "scales must be float32 (n_layer, B, n_head, block_size), each row's block contiguous");
     const int64_t* ids = tokens.data_ptr<int64_t>();
     const int64_t* pos = positions.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) TORCH_CHECK(pos[b] >= 0 && pos[b] + T <= block_size_, "positions past the context window");
     for (int64_t m = 0; m < B * T; ++m) TORCH_CHECK(ids[m] >= 0 && ids[m] < vocab_, "token id out of range");
-    const Batch batch{ids, pos, T, Cache(keys), Cache(values)};
+    const Batch batch{ids, pos, T, Cache(keys, key_scales), Cache(values, value_scales)};
     torch::Tensor logits = torch::empty({B, T, vocab_}, torch::kFloat);
     float* out = logits.data_ptr<float>();
 
@@ -417,12 +420,17 @@ class Decoder {
     torch::Tensor ln1_weight, ln1_bias, qkv, proj, proj_bias, ln2_weight, ln2_bias, fc1, fc1_bias, fc2, fc2_bias;
   };
 
-  // A KV cache (n_layer, B, n_head, block_size, head_size) as a pointer: block (l, b) is contiguous.
+  // A KV cache (n_layer, B, n_head, block_size, head_size) and its scales (n_layer, B, n_head,
+  // block_size) as pointers: the blocks (l, b) are contiguous.
   struct Cache {
-    explicit Cache(torch::Tensor& t) : base(t.data_ptr<at::Half>()), layer_stride(t.stride(0)), row_stride(t.stride(1)) {}
-    at::Half* at(int64_t l, int64_t b) const { return base + l * layer_stride + b * row_stride; }
-    at::Half* base;
-    int64_t layer_stride, row_stride;
+    Cache(torch::Tensor& t, torch::Tensor& s)
+        : base(t.data_ptr<int8_t>()), scales(s.data_ptr<float>()), layer_stride(t.stride(0)), row_stride(t.stride(1)),
+          scale_layer_stride(s.stride(0)), scale_row_stride(s.stride(1)) {}
+    int8_t* at(int64_t l, int64_t b) const { return base + l * layer_stride + b * row_stride; }
+    float* scales_at(int64_t l, int64_t b) const { return scales + l * scale_layer_stride + b * scale_row_stride; }
+    int8_t* base;
+    float* scales;
+    int64_t layer_stride, row_stride, scale_layer_stride, scale_row_stride;
   };
 
   // A step's input: tokens (B, T), each row's first position, and the caches.
@@ -493,11 +501,10 @@ class Decoder {
     for (int64_t m = m0; m < m1; ++m) {
       const int64_t b = m / T, p = batch.pos[b] + m % T;
       const float* row = qkv + (m - m0) * 3 * N;
-      at::Half* keys = batch.keys.at(l, b);
-      at::Half* values = batch.values.at(l, b);
       for (int64_t hd = 0; hd < H; ++hd) {
-        narrow(row + N + hd * D, D, keys + (hd * S + p) * D);
-        narrow(row + 2 * N + hd * D, D, values + (hd * S + p) * D);
+        batch.keys.scales_at(l, b)[hd * S + p] = quantize(row + N + hd * D, D, batch.keys.at(l, b) + (hd * S + p) * D);
+        batch.values.scales_at(l, b)[hd * S + p] =
+            quantize(row + 2 * N + hd * D, D, batch.values.at(l, b) + (hd * S + p) * D);
       }
     }
   }
@@ -510,24 +517,27 @@ class Decoder {
     for (int64_t task = 0; task < (m1 - m0) * H; ++task) {
       const int64_t r = task / H, hd = task % H, m = m0 + r, b = m / T, seen = batch.pos[b] + m % T + 1;
       const float* q = qkv + r * 3 * N + hd * D;
-      const at::Half* k = batch.keys.at(l, b) + hd * S * D;
-      const at::Half* v = batch.values.at(l, b) + hd * S * D;
+      const int8_t* k = batch.keys.at(l, b) + hd * S * D;
+      const int8_t* v = batch.values.at(l, b) + hd * S * D;
+      const float* k_scale = batch.keys.scales_at(l, b) + hd * S;
+      const float* v_scale = batch.values.scales_at(l, b) + hd * S;
       float* o = out + r * N + hd * D;
 #if defined(__AVX512F__)
-      if (D == 64) head64(q, k, v, seen, scale, scores.data(), o);
+      if (D == 64) head64(q, k, k_scale, v, v_scale, seen, scale, scores.data(), o);
 #else
-      if (D == 64) head<64>(q, k, v, seen, D, scale, scores.data(), wide.data(), o);
+      if (D == 64) head<64>(q, k, k_scale, v, v_scale, seen, D, scale, scores.data(), wide.data(), o);
 #endif
-      else head<0>(q, k, v, seen, D, scale, scores.data(), wide.data(), o);
+      else head<0>(q, k, k_scale, v, v_scale, seen, D, scale, scores.data(), wide.data(), o);
     }
   }
 
   // One query of one head against its sequence's `seen` cached positions: o = softmax(q.k * scale) v,
-  // the keys and values widened to float32 kKeys positions at a time. kD > 0 fixes the head size at
-  // compile time (the shipped model's 64), so the inner loops are whole vector registers.
+  // the keys and values widened to float32 (times their scales) kKeys positions at a time. kD > 0 fixes
+  // the head size at compile time (the shipped model's 64), so the inner loops are whole vector registers.
   template <int64_t kD>
-  static void head(const float* __restrict q, const at::Half* k, const at::Half* v, int64_t seen, int64_t head_size,
-                   float scale, float* __restrict scores, float* __restrict wide, float* __restrict o) {
+  static void head(const float* __restrict q, const int8_t* k, const float* k_scale, const int8_t* v,
+                   const float* v_scale, int64_t seen, int64_t head_size, float scale, float* __restrict scores,
+                   float* __restrict wide, float* __restrict o) {
     const int64_t D = kD ? kD : head_size;
     float top = -INFINITY;
     for (int64_t t0 = 0; t0 < seen; t0 += kKeys) {
@@ -536,7 +546,7 @@ class Decoder {
       // run of positions is too short for the CPU's own prefetcher to get ahead.
       prefetch(k + (t0 + kKeys) * D, std::min(kKeys, seen - t0 - kKeys) * D);
       prefetch(v + t0 * D, n * D);
-      widen(k + t0 * D, n * D, wide);
+      for (int64_t t = 0; t < n; ++t) widen(k + (t0 + t) * D, D, k_scale[t0 + t], wide + t * D);
       for (int64_t t = 0; t < n; ++t) {
         float dot = 0.f;
 #pragma omp simd reduction(+ : dot)
@@ -549,7 +559,7 @@ class Decoder {
     std::fill_n(o, D, 0.f);
     for (int64_t t0 = 0; t0 < seen; t0 += kKeys) {
       const int64_t n = std::min(kKeys, seen - t0);
-      widen(v + t0 * D, n * D, wide);
+      for (int64_t t = 0; t < n; ++t) widen(v + (t0 + t) * D, D, v_scale[t0 + t], wide + t * D);
       for (int64_t t = 0; t < n; ++t) {
         const float p = scores[t0 + t] / total;
 #pragma omp simd
