@@ -96,12 +96,12 @@ def test_an_int8_cache_moves_scales_with_their_rows_and_converts_to_and_fro(tiny
     H, D = tiny_config.n_head, tiny_config.head_size
     k, v = torch.randn(3, H, 4, D), torch.randn(3, H, 4, D) * torch.tensor([1.0, 5.0, 0.1])[:, None, None, None]
     cache.store(1, torch.arange(4).expand(3, 4), k, v)
-    keys, values = cache.read(1, 4)
+    keys, values = cache.read(1, 3, 4)
     assert torch.all((values - v).abs() <= cache.v_scale[1, :, :, :4, None] / 2 * (1 + 1e-6))  # half a step
     assert torch.all((keys - k).abs() <= cache.k_scale[1, :, :, :4, None] / 2 * (1 + 1e-6))
     cache.copy_row(2, 0)
-    assert torch.equal(cache.read(1, 4)[1][0], values[2])
+    assert torch.equal(cache.read(1, 3, 4)[1][0], values[2])
     as_float = cache.to(torch.float32)
-    assert as_float.k_scale is None and torch.equal(as_float.read(1, 4)[0], cache.read(1, 4)[0])
+    assert as_float.k_scale is None and torch.equal(as_float.read(1, 3, 4)[0], cache.read(1, 3, 4)[0])
     back = as_float.to(torch.int8)
-    assert torch.equal(back.k, cache.k) and torch.equal(back.read(1, 4)[1], cache.read(1, 4)[1])
+    assert torch.equal(back.k, cache.k) and torch.equal(back.read(1, 3, 4)[1], cache.read(1, 3, 4)[1])

@@ -100,14 +100,15 @@ def sample_rows(
     """One token for each row of logits (B, C), row i with its own (temperature, top_k, top_p) and
     uniform (unused when greedy): the token `sample_next` draws for that row alone, given that
     uniform. Rows that share settings share the arithmetic, a few operations for the whole batch."""
+    if settings.count(settings[0]) == len(settings):  # one group: the usual crowd, and one person alone
+        return choose(logits, *settings[0], torch.tensor(uniforms, dtype=torch.float64)).tolist()
     tokens = [0] * len(settings)
     groups: dict[tuple[float, int | None, float | None], list[int]] = {}
     for row, setting in enumerate(settings):
         groups.setdefault(setting, []).append(row)
     for (temperature, top_k, top_p), rows in groups.items():
-        group = logits if len(rows) == len(settings) else logits[rows]
         u = torch.tensor([uniforms[row] for row in rows], dtype=torch.float64)
-        for row, token in zip(rows, choose(group, temperature, top_k, top_p, u).tolist(), strict=True):
+        for row, token in zip(rows, choose(logits[rows], temperature, top_k, top_p, u).tolist(), strict=True):
             tokens[row] = token
     return tokens
 
@@ -187,7 +188,7 @@ class Decoder:
         if self.sequences:
             last = torch.tensor([[s.tokens[-1]] for s in self.sequences])
             positions = torch.tensor([s.cached for s in self.sequences])
-            self.logits = self.backend(last, positions, self.cache.rows(0, len(self.sequences)))[:, -1]
+            self.logits = self.backend(last, positions, self.cache)[:, -1]  # its rows 0..B-1: the sequences'
             for sequence in self.sequences:
                 sequence.cached += 1
         return tokens

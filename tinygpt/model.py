@@ -66,10 +66,10 @@ class KVCache:
             if scales is not None:
                 scales[layer][rows, :, positions] = scale
 
-    def read(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The keys and values (rows, n_head, end, head_size) of positions 0..end-1, in float32."""
+    def read(self, layer: int, rows: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values (rows, n_head, end, head_size) of rows 0..rows-1 at positions 0..end-1, in float32."""
         keys, values = (
-            loaded(cache[layer][:, :, :end], None if scales is None else scales[layer][:, :, :end])
+            loaded(cache[layer][:rows, :, :end], None if scales is None else scales[layer][:rows, :, :end])
             for cache, scales in self._tensors()
         )
         return keys, values
@@ -121,7 +121,7 @@ class MultiHeadAttention(nn.Module):
         else:
             cache, layer, positions, mask = cached
             cache.store(layer, positions, k, v)
-            keys, values = (t.to(q.dtype) for t in cache.read(layer, mask.size(-1)))
+            keys, values = (t.to(q.dtype) for t in cache.read(layer, B, mask.size(-1)))
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, N)
         return self.dropout(self.proj(y))
@@ -204,8 +204,8 @@ class GPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, C), and the mean cross-entropy if targets are given.
 
-        With a `cache` of B rows, row b of idx holds the tokens at positions input_pos[b]..: their
-        keys and values are stored in the cache's row b, and each also attends to the positions
+        With a `cache` (of B rows or more), row b of idx holds the tokens at positions input_pos[b]..:
+        their keys and values are stored in the cache's row b, and each also attends to the positions
         before it there. Rows may be at different positions (sequences of different lengths).
         """
         B, T = idx.shape
@@ -300,7 +300,7 @@ def sampling_probs(
     # In float64, minus the largest logit: any temperature above 0, however tiny, then leaves the
     # likeliest token at 0 and sends the others towards -inf, instead of overflowing to inf or NaN.
     logits = logits.double()
-    logits = filter_logits((logits - logits.max(dim=-1, keepdim=True).values) / temperature, top_k, top_p)
+    logits = filter_logits((logits - logits.amax(dim=-1, keepdim=True)) / temperature, top_k, top_p)
     return F.softmax(logits, dim=-1)
 
 

@@ -368,9 +368,9 @@ class Decoder {
   }
 
   // tokens (B, T) int64, row b at positions positions[b]..positions[b]+T-1; keys and values int8
-  // (n_layer, B, n_head, block_size, head_size), row b the cache of sequence b, each (n_head,
-  // block_size, head_size) block contiguous, and their scales float32 (n_layer, B, n_head, block_size),
-  // likewise: the new keys and values are written there. -> logits (B, T, vocab).
+  // (n_layer, B or more, n_head, block_size, head_size), row b the cache of sequence b, each (n_head,
+  // block_size, head_size) block contiguous, and their scales float32 (n_layer, B or more, n_head,
+  // block_size), likewise: the new keys and values are written there. -> logits (B, T, vocab).
   torch::Tensor step(const torch::Tensor& tokens, const torch::Tensor& positions, torch::Tensor keys,
                      torch::Tensor values, torch::Tensor key_scales, torch::Tensor value_scales) {
     TORCH_CHECK(tokens.dim() == 2 && tokens.scalar_type() == torch::kLong && tokens.is_contiguous(),
@@ -380,13 +380,13 @@ class Decoder {
                     positions.is_contiguous(), "positions: (B,) int64");
     for (const auto* cache : {&keys, &values})
       TORCH_CHECK(cache->scalar_type() == torch::kChar && cache->dim() == 5 && cache->size(0) == L &&
-                      cache->size(1) == B && cache->size(2) == n_head_ && cache->size(3) == block_size_ &&
+                      cache->size(1) >= B && cache->size(2) == n_head_ && cache->size(3) == block_size_ &&
                       cache->size(4) == N / n_head_ && cache->stride(4) == 1 && cache->stride(3) == N / n_head_ &&
                       cache->stride(2) == block_size_ * N / n_head_,
                   "caches must be int8 (n_layer, B, n_head, block_size, head_size), each row's block contiguous");
     for (const auto* scales : {&key_scales, &value_scales})
       TORCH_CHECK(scales->scalar_type() == torch::kFloat && scales->dim() == 4 && scales->size(0) == L &&
-                      scales->size(1) == B && scales->size(2) == n_head_ && scales->size(3) == block_size_ &&
+                      scales->size(1) >= B && scales->size(2) == n_head_ && scales->size(3) == block_size_ &&
                       scales->stride(3) == 1 && scales->stride(2) == block_size_,
                   "scales must be float32 (n_layer, B, n_head, block_size), each row's block contiguous");
     const int64_t* ids = tokens.data_ptr<int64_t>();
