@@ -4,22 +4,29 @@
     python benchmarks/load.py --queue-overflow     # then more requests at once than the page takes in
     python benchmarks/load.py --served-before 10000  # each page first serves 10,000 short requests
 
-Starts app.py on a free port as shipped (the batching engine, default --max-batch), waits until it
-decodes with its final backend (the C++ step once built), and runs N threads, each with its own
-HTTP connection, each sending M requests one after another (all threads start together) to Gradio's
-HTTP API for /generate and reading the stream of updates. The clients use the standard library's
-http.client: they share the server's cores, and httpx or gradio_client take several times more CPU per
-character from them, which only the batched page (the one short of CPU) would feel.
-Every answer is checked: the prompt followed by exactly --chars characters of the model's alphabet.
-Then the same against app.py --max-batch 1 (one generation at a time, as before batching). For
-each: completed, errors, latency p50/p95/max, first-character latency p95, aggregate
-characters/s, and the CPU time the page's process and the clients spent per character delivered
-(Linux); then the ratios, and the ceiling: the machine's float32 matmul GFLOP/s (measured
-here) over the ~2 x parameters FLOPs a character costs.
+Runs app.py on a free port as shipped (the batching engine, default --max-batch) and with
+--max-batch 1 (one generation at a time, as before batching), one at a time, each started afresh for
+each round and measured once it decodes with its final backend (the C++ step once built). The load:
+N threads, each with its own HTTP connection, each sending M requests one after another (all threads
+start together) to Gradio's HTTP API for /generate, reading the stream of updates. The clients use
+the standard library's http.client: they share the server's cores, and httpx or gradio_client take
+several times more CPU per character from them, which only the batched page (the one short of CPU)
+would feel. Every answer is checked: the prompt followed by exactly --chars characters of the
+model's alphabet.
 
---served-before N first sends each page N one-character requests (32 clients), so the load meets a page
-that has been up a while: whatever the server keeps per request (Gradio's sessions, its record of
-past requests) has piled up. Reported as served_before (server CPU per request, memory after).
+The load runs --rounds times on each page, the pages taking turns (which goes first alternates), so
+that each round's two figures are taken close together: on a shared machine the speed drifts by
+~10% from one minute to the next, and a single pair of runs can read a ratio anywhere in that band.
+For each page: completed, errors, latency p50/p95/max and first-character latency p95 over all its
+rounds, characters/s per round and their median, and the CPU time the page's process and the
+clients spent per character delivered (Linux); then the ratios (the throughput ratio is the median
+of the rounds' ratios), and the ceiling: the machine's float32 matmul GFLOP/s (measured here) over
+the ~2 x parameters FLOPs a character costs.
+
+--served-before N first sends each page N one-character requests (32 clients) in every round, so the
+load meets a page that has been up a while: whatever the server keeps per request (Gradio's sessions,
+its record of past requests) has piled up. Reported as served_before (server CPU per request, memory
+after), one entry per round.
 
 --queue-overflow adds a phase against the shipped page: max-batch + QUEUE_SIZE + 32 requests at the
 same instant. The page runs max-batch and queues QUEUE_SIZE; the rest must get gradio's "Queue is
@@ -30,15 +37,18 @@ is one JSON object; the exit status is 1 if any check failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -222,17 +232,21 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
     return results, wall_s
 
 
-def summary(results: Results, wall_s: float, chars: int) -> dict:
-    done = len(results.latencies)
+def summary(rounds: list[tuple[Results, float]], chars: int) -> dict:
+    """The rounds of one page: counts and latencies over all of them, characters/s per round and their median."""
+    latencies = [s for results, _ in rounds for s in results.latencies]
+    errors = [message for results, _ in rounds for _, message in results.errors]
+    per_round = [round(len(results.latencies) * chars / wall_s, 1) for results, wall_s in rounds]
     return {
-        "completed": done,
-        "errors": len(results.errors),
-        "malformed": len(results.malformed),
-        "error_messages": sorted({message for _, message in results.errors})[:5],
-        "latency_s": {q: percentile(results.latencies, p) for q, p in [("p50", 50), ("p95", 95), ("max", 100)]},
-        "first_char_p95_s": percentile(results.first_chars, 95),
-        "wall_s": round(wall_s, 2),
-        "chars_per_s": round(done * chars / wall_s, 1),
+        "completed": len(latencies),
+        "errors": len(errors),
+        "malformed": sum(len(results.malformed) for results, _ in rounds),
+        "error_messages": sorted(set(errors))[:5],
+        "latency_s": {q: percentile(latencies, p) for q, p in [("p50", 50), ("p95", 95), ("max", 100)]},
+        "first_char_p95_s": percentile([s for results, _ in rounds for s in results.first_chars], 95),
+        "wall_s": [round(wall_s, 2) for _, wall_s in rounds],
+        "rounds_chars_per_s": per_round,
+        "chars_per_s": round(statistics.median(per_round), 1),
     }
 
 
@@ -269,52 +283,81 @@ def serve_before(url: str, pid: int, requests: int, vocab: str, timeout: float, 
     return report
 
 
-def measure(args: argparse.Namespace, max_batch: int, vocab: str, overflow: bool) -> dict:
-    """Start app.py with `max_batch`, warm it up, run the load (and the overflow phase); stop it."""
-    log = Path(tempfile.mkstemp(prefix=f"tinygpt-load-batch{max_batch}-", suffix=".log")[1])
-    process, url, lines = start_server(args.model, max_batch, log)
-    report: dict = {"max_batch": max_batch, "server_log": lines, "log": str(log)}
-    try:
-        report["rss_mb_idle"] = resident_mb(process.pid)
-        run_phase(url, 1, 1, args.chars, vocab, args.timeout)  # warm up
-        if args.served_before:
-            report["served_before"] = serve_before(url, process.pid, args.served_before, vocab, args.timeout)
-        print(f"max-batch {max_batch}: {args.clients} x {args.requests} x {args.chars} chars ...", file=sys.stderr)
-        server_cpu, clients_cpu = cpu_seconds(process.pid), time.process_time()
-        results, wall_s = run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout)
-        report |= summary(results, wall_s, args.chars)
-        # Where the CPU went, per character delivered: the page's process, and this one's clients.
-        chars = max(len(results.latencies) * args.chars, 1)
-        if server_cpu is not None and (server_cpu_after := cpu_seconds(process.pid)) is not None:
-            report["server_cpu_ms_per_char"] = round(1000 * (server_cpu_after - server_cpu) / chars, 4)
-        report["clients_cpu_ms_per_char"] = round(1000 * (time.process_time() - clients_cpu) / chars, 4)
-        report["rss_mb_after"] = resident_mb(process.pid)
-        report["passed"] = not results.errors and not results.malformed
-        if args.served_before:
-            before = report["served_before"]
+class Page:
+    """app.py with one --max-batch: started afresh for each round of the load, and what the rounds measured."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.report: dict = {"max_batch": max_batch}
+        self.rounds: list[tuple[Results, float]] = []
+        self.server_cpu_s: float | None = 0.0
+        self.clients_cpu_s = 0.0
+
+    @contextlib.contextmanager
+    def started(
+        self, args: argparse.Namespace, vocab: str, served_before: int = 0
+    ) -> Iterator[tuple[subprocess.Popen, str]]:
+        """app.py on a free port, warmed up, then past `served_before` requests; stopped afterwards."""
+        max_batch = self.report["max_batch"]
+        log = Path(tempfile.mkstemp(prefix=f"tinygpt-load-batch{max_batch}-", suffix=".log")[1])
+        process, url, lines = start_server(args.model, max_batch, log)
+        try:
+            self.report.setdefault("server_log", lines)
+            self.report.setdefault("log", str(log))
+            self.report.setdefault("rss_mb_idle", resident_mb(process.pid))
+            run_phase(url, 1, 1, args.chars, vocab, args.timeout)  # warm up
+            if served_before:
+                before = serve_before(url, process.pid, served_before, vocab, args.timeout)
+                self.report.setdefault("served_before", []).append(before)
+            yield process, url
+        finally:
+            stop_server(process)
+
+    def load(self, args: argparse.Namespace, vocab: str) -> None:
+        """One round of the load on a fresh app.py, and the CPU it took: the page's process and the clients."""
+        with self.started(args, vocab, args.served_before) as (process, url):
+            server_cpu, clients_cpu = cpu_seconds(process.pid), time.process_time()
+            self.rounds.append(run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout))
+            server_cpu_after = cpu_seconds(process.pid)
+            self.clients_cpu_s += time.process_time() - clients_cpu
+            self.report["rss_mb_after"] = resident_mb(process.pid)
+        if server_cpu is None or server_cpu_after is None or self.server_cpu_s is None:
+            self.server_cpu_s = None  # not Linux
+        else:
+            self.server_cpu_s += server_cpu_after - server_cpu
+
+    def summary(self, chars: int) -> dict:
+        report = self.report | summary(self.rounds, chars)
+        delivered = max(report["completed"] * chars, 1)
+        if self.server_cpu_s is not None:
+            report["server_cpu_ms_per_char"] = round(1000 * self.server_cpu_s / delivered, 4)
+        report["clients_cpu_ms_per_char"] = round(1000 * self.clients_cpu_s / delivered, 4)
+        report["passed"] = not report["errors"] and not report["malformed"]
+        for before in report.get("served_before", []):
             report["passed"] = report["passed"] and not before["errors"] and not before["malformed"]
-        if overflow:
-            burst = max_batch + QUEUE_SIZE + 32
-            print(f"overflow: {burst} requests at once x {args.overflow_chars} chars ...", file=sys.stderr)
-            results, wall_s = run_phase(url, burst, 1, args.overflow_chars, vocab, args.timeout)
-            full = [s for s, message in results.errors if "Queue is full" in message]
-            other = [message for _, message in results.errors if "Queue is full" not in message]
-            report["overflow"] = {
-                "sent_at_once": burst,
-                "queue_full_errors": len(full),
-                "max_s_to_queue_full_error": round(max(full), 3) if full else None,
-                "other_errors": len(other),
-                "other_error_messages": sorted(set(other))[:5],
-                "completed_well_formed": len(results.latencies),
-                "malformed": len(results.malformed),
-                "wall_s": round(wall_s, 2),
-            }
-            report["passed"] = report["passed"] and bool(full) and not other and not results.malformed
-            after, _ = run_phase(url, 1, 1, args.chars, vocab, args.timeout)
-            report["healthy_after_overflow"] = bool(after.latencies)
-            report["passed"] = report["passed"] and report["healthy_after_overflow"]
-    finally:
-        stop_server(process)
+        return report
+
+
+def overflow(args: argparse.Namespace, page: Page, vocab: str) -> dict:
+    """max-batch + QUEUE_SIZE + 32 requests at once: the extra ones must get "Queue is full" at once."""
+    burst = page.report["max_batch"] + QUEUE_SIZE + 32
+    print(f"overflow: {burst} requests at once x {args.overflow_chars} chars ...", file=sys.stderr)
+    with page.started(args, vocab) as (_, url):
+        results, wall_s = run_phase(url, burst, 1, args.overflow_chars, vocab, args.timeout)
+        after, _ = run_phase(url, 1, 1, args.chars, vocab, args.timeout)
+    full = [s for s, message in results.errors if "Queue is full" in message]
+    other = [message for _, message in results.errors if "Queue is full" not in message]
+    report = {
+        "sent_at_once": burst,
+        "queue_full_errors": len(full),
+        "max_s_to_queue_full_error": round(max(full), 3) if full else None,
+        "other_errors": len(other),
+        "other_error_messages": sorted(set(other))[:5],
+        "completed_well_formed": len(results.latencies),
+        "malformed": len(results.malformed),
+        "wall_s": round(wall_s, 2),
+        "healthy_after": bool(after.latencies),
+    }
+    report["passed"] = bool(full) and not other and not results.malformed and report["healthy_after"]
     return report
 
 
@@ -330,6 +373,7 @@ def main() -> int:
     parser.add_argument("--overflow-chars", type=int, default=50, help="characters per request in that phase")
     parser.add_argument("--served-before", type=int, default=0, help="first send this many one-character "
                         "requests to each page (one that has been up a while), then the load")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=3, help="runs of the load on each page, the pages taking turns")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a request counts as hung")
     args = parser.parse_args()
 
@@ -339,10 +383,21 @@ def main() -> int:
     report["load"] = {"clients": args.clients, "requests_per_client": args.requests, "chars": args.chars}
     report["matmul_gflops_per_s"] = round(matmul_gflops(), 1)
     report["ceiling_chars_per_s"] = round(report["matmul_gflops_per_s"] * 1e9 / flops_per_char(args.model))
-    batched = measure(args, args.max_batch, vocab, args.queue_overflow)
-    unbatched = measure(args, 1, vocab, overflow=False)
+    pages = {"batched": Page(args.max_batch), "batching_off": Page(1)}
+    load = f"{args.clients} x {args.requests} x {args.chars} chars"
+    for r in range(args.rounds):
+        for name in list(pages) if r % 2 == 0 else list(pages)[::-1]:
+            print(f"round {r + 1}, {name}: {load} ...", file=sys.stderr)
+            pages[name].load(args, vocab)
+    batched, unbatched = (page.summary(args.chars) for page in pages.values())
+    if args.queue_overflow:
+        batched["overflow"] = overflow(args, pages["batched"], vocab)
+        batched["passed"] = batched["passed"] and batched["overflow"]["passed"]
     report["batched"], report["batching_off"] = batched, unbatched
-    report["throughput_ratio"] = round(batched["chars_per_s"] / max(unbatched["chars_per_s"], 1e-9), 2)
+    pairs = zip(batched["rounds_chars_per_s"], unbatched["rounds_chars_per_s"], strict=True)
+    ratios = [b / max(u, 1e-9) for b, u in pairs]
+    report["rounds_throughput_ratio"] = [round(ratio, 2) for ratio in ratios]
+    report["throughput_ratio"] = round(statistics.median(ratios), 2)
     if batched["latency_s"]["p95"] and unbatched["latency_s"]["p95"]:
         report["p95_latency_ratio"] = round(batched["latency_s"]["p95"] / unbatched["latency_s"]["p95"], 3)
     report["fraction_of_ceiling"] = round(batched["chars_per_s"] / report["ceiling_chars_per_s"], 3)
