@@ -12,13 +12,13 @@ once, above them.
           window's re-prefill) one C++ call (`csrc/decode.cpp`) instead of ~150 PyTorch operations.
           The same function as the PyTorch model given an int8 cache (`TorchBackend(model,
           cache_dtype=torch.int8)`, its reference in the tests). The int8 cache (each head's key or
-          value at a position scaled to -127..127, its scale kept beside it) quarters what attention
-          reads from memory, much of a crowded step; the shipped model's validation loss moves by
-          0.00002 (README: Generation speed). With `threads` > 1 a step of 8 or more sequences is
-          cut into that many parts of about equal work, and a long prompt into parts of its
-          positions, one thread each. Compiled on first use (~40 s on 2 cores; cached
-          by torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions).
-          Fastest where it builds.
+          value at a position scaled to -127..127, its scale kept beside it) is about a quarter of
+          the bytes of a float32 one (half of float16's) for attention to read from memory, much of
+          a crowded step; the shipped model's validation loss moves by 0.00002 (README: Generation
+          speed). With `threads` > 1 a step of 8 or more sequences is cut into that many parts of
+          about equal work, and a long prompt into parts of its positions, one thread each.
+          Compiled on first use (~40 s on 2 cores; cached by torch.utils.cpp_extension, under
+          TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Fastest where it builds.
   auto  - cpp where it can be built, else torch.
 """
 

@@ -125,7 +125,7 @@ MUTANTS = [
            [("else input_pos.to(idx.device)[:, None] + steps", "else steps.expand(B, T)")],
            ["tests/test_decoding.py"]),
     Mutant("temperature multiplies", "tinygpt/model.py",
-           [("keepdim=True).values) / temperature", "keepdim=True).values) * temperature")],
+           [("keepdim=True)) / temperature", "keepdim=True)) * temperature")],
            ["tests/test_decoding.py"]),
     Mutant("top-p drops the token that reaches p", "tinygpt/model.py",
            [("drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p",
