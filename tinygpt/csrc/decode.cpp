@@ -580,5 +580,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "a state_dict, n_head, and the most threads a step may use")
       // Without the GIL: the page's server threads keep running while a step computes.
       .def("step", &Decoder::step, pybind11::call_guard<pybind11::gil_scoped_release>(),
-           "tokens (B, T) at positions (B,) onwards, caches -> logits (B, T, vocab)");
+           "tokens (B, T) at positions (B,) onwards, int8 caches and their scales -> logits (B, T, vocab)");
 }
