@@ -232,7 +232,7 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
     return results, wall_s
 
 
-def summary(rounds: list[tuple[Results, float]], chars: int) -> dict:
+def rounds_summary(rounds: list[tuple[Results, float]], chars: int) -> dict:
     """The rounds of one page: counts and latencies over all of them, characters/s per round and their median."""
     latencies = [s for results, _ in rounds for s in results.latencies]
     errors = [message for results, _ in rounds for _, message in results.errors]
@@ -326,7 +326,7 @@ class Page:
             self.server_cpu_s += server_cpu_after - server_cpu
 
     def summary(self, chars: int) -> dict:
-        report = self.report | summary(self.rounds, chars)
+        report = self.report | rounds_summary(self.rounds, chars)
         delivered = max(report["completed"] * chars, 1)
         if self.server_cpu_s is not None:
             report["server_cpu_ms_per_char"] = round(1000 * self.server_cpu_s / delivered, 4)

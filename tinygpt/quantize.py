@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from tinygpt.model import GPT
+from tinygpt.model import GPT, stored
 
 
 class Int8Linear(nn.Module):
@@ -22,10 +22,10 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
-        weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-8) / 127
+        # Each row scaled to -127..127 by its largest magnitude, as an int8 KV cache stores a vector.
+        weight, scales = stored(linear.weight.detach().float(), torch.int8)
         # Still parameters (frozen), so num_params() counts the same model.
-        self.weight = nn.Parameter((weight / scales[:, None]).round().to(torch.int8), requires_grad=False)
+        self.weight = nn.Parameter(weight, requires_grad=False)
         self.register_buffer("scales", scales.to(torch.bfloat16))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
 

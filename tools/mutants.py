@@ -157,7 +157,7 @@ MUTANTS = [
            [("return self.average.model if self.average else self.model", "return self.model")],
            ["tests/test_training.py", "-k", "weight_average"]),
     Mutant("int8 scale off by 2x", "tinygpt/quantize.py",
-           [("clamp(min=1e-8) / 127", "clamp(min=1e-8) / 254")],
+           [('"scales", scales.to(torch.bfloat16))', '"scales", (2 * scales).to(torch.bfloat16))')],
            ["tests/test_oracles.py", "-k", "int8"]),
     Mutant("validation loss divides by one too many", "tinygpt/evaluate.py",
            [("loss = total / n_targets", "loss = total / (n_targets + 1)")],
