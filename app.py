@@ -35,17 +35,17 @@ import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from tinygpt import zerogpu  # noqa: E402
-from tinygpt.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
-from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # noqa: E402
-from tinygpt.cpus import usable_cpus  # noqa: E402
-from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
-from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
-from tinygpt.gradio_sessions import start_sessions_lean  # noqa: E402
-from tinygpt.model import GPT  # noqa: E402
-from tinygpt.playground import TrainingJob  # noqa: E402
-from tinygpt.tokenizer import CharTokenizer  # noqa: E402
-from tinygpt.train_tab import TrainSettings, build_train_tab  # noqa: E402
+from tinygpt.files.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # noqa: E402
+from tinygpt.hub import zerogpu  # noqa: E402
+from tinygpt.model.gpt import GPT  # noqa: E402
+from tinygpt.model.tokenizer import CharTokenizer  # noqa: E402
+from tinygpt.serving.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
+from tinygpt.serving.cpus import usable_cpus  # noqa: E402
+from tinygpt.serving.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
+from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
+from tinygpt.training.playground import TrainingJob  # noqa: E402
+from tinygpt.web.session_state_patch import start_sessions_lean  # noqa: E402
+from tinygpt.web.train_tab import TrainSettings, build_train_tab  # noqa: E402
 
 STREAM_INTERVAL_S = 0.05  # send the growing text to the browser at most this often
 QUEUE_SIZE = 64  # waiting requests beyond this get "Queue is full" at once instead of a long wait

@@ -21,11 +21,11 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
-from tinygpt import hub
-from tinygpt.checkpoint import WEIGHTS_DIR, has_training_state, training_meta
-from tinygpt.config import DTYPES, GPTConfig, budget_recipe
-from tinygpt.data import DEFAULT_DATA
-from tinygpt.training import CHECKPOINT_FILE, train
+from tinygpt.files.checkpoint import WEIGHTS_DIR, has_training_state, training_meta
+from tinygpt.hub import models as hub
+from tinygpt.model.config import DTYPES, GPTConfig, budget_recipe
+from tinygpt.training.data import DEFAULT_DATA
+from tinygpt.training.trainer import CHECKPOINT_FILE, train
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -58,8 +58,8 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # offline: no calls home
 
 import torch  # noqa: E402
 
-from tinygpt.checkpoint import CONFIG_FILE, WEIGHTS_DIR, read_config, resolve  # noqa: E402
-from tinygpt.engine import DEFAULT_MAX_BATCH  # noqa: E402
+from tinygpt.files.checkpoint import CONFIG_FILE, WEIGHTS_DIR, read_config, resolve  # noqa: E402
+from tinygpt.serving.engine import DEFAULT_MAX_BATCH  # noqa: E402
 
 QUEUE_SIZE = 64  # app.py's QUEUE_SIZE (not imported: that would load gradio's server side)
 PROMPTS = ["ROMEO:\n", "To be, or not to be", "First Citizen:\n", "KING HENRY:\nNow, lords,", "O Romeo, Romeo!"]

@@ -33,9 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tinygpt.config import GPTConfig, budget_recipe
-from tinygpt.data import DEFAULT_DATA
-from tinygpt.training import train
+from tinygpt.model.config import GPTConfig, budget_recipe
+from tinygpt.training.data import DEFAULT_DATA
+from tinygpt.training.trainer import train
 
 # fmt: off
 BASELINE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, dropout=0.0,

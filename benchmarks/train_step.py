@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tinygpt.config import DTYPES, GPTConfig
-from tinygpt.data import DEFAULT_DATA, load_splits
-from tinygpt.model import GPT
-from tinygpt.training import autocast, optimization_step
+from tinygpt.model.config import DTYPES, GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.training.data import DEFAULT_DATA, load_splits
+from tinygpt.training.trainer import autocast, optimization_step
 
 
 def step_seconds(config: GPTConfig, train_ids: torch.Tensor, steps: int) -> list[float]:

@@ -17,12 +17,12 @@ import pytest
 import torch
 from huggingface_hub import RepoUrl
 
-from tinygpt import backends
-from tinygpt.checkpoint import save_model
-from tinygpt.config import GPTConfig
-from tinygpt.data import DEFAULT_DATA, load_text
-from tinygpt.model import GPT
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.files.checkpoint import save_model
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.serving import backends
+from tinygpt.training.data import DEFAULT_DATA, load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,8 +151,8 @@ def train_server(tmp_path_factory: pytest.TempPathFactory):
     process; yields (URL, the VisitorModels it keeps the trained models in)."""
     import gradio as gr
 
-    from tinygpt.playground import VisitorModels
-    from tinygpt.train_tab import TrainSettings, build_train_tab
+    from tinygpt.training.playground import VisitorModels
+    from tinygpt.web.train_tab import TrainSettings, build_train_tab
 
     models = VisitorModels(tmp_path_factory.mktemp("visitor-models"))
     with gr.Blocks() as demo, gr.Tab("Train"):

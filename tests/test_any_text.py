@@ -9,9 +9,9 @@ from gradio_client import Client
 
 import train as train_py
 from tests.conftest import start_app, stop_app
-from tinygpt.checkpoint import load_model
-from tinygpt.config import GPTConfig, budget_recipe, nearest_budget
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.files.checkpoint import load_model
+from tinygpt.model.config import GPTConfig, budget_recipe, nearest_budget
+from tinygpt.model.tokenizer import CharTokenizer
 
 # A few KB of French, Japanese and Chinese, with an emoji, written with Windows line endings.
 LINES = ["Où est la bibliothèque ? À côté du café, répondit-elle.", "吾輩は猫である。名前はまだ無い。",

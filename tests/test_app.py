@@ -13,11 +13,11 @@ from gradio_client import Client
 
 from app import Trace, build_demo, inside_view, make_generate, make_run, share_service_reachable, switch_to_cpp
 from tests.conftest import read
-from tinygpt import backends
-from tinygpt.backends import TorchBackend, load_backend
-from tinygpt.checkpoint import load_model
-from tinygpt.engine import Engine
-from tinygpt.generate import Decoder, Sequence
+from tinygpt.files.checkpoint import load_model
+from tinygpt.serving import backends
+from tinygpt.serving.backends import TorchBackend, load_backend
+from tinygpt.serving.engine import Engine
+from tinygpt.serving.generate import Decoder, Sequence
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tinygpt import backends
-from tinygpt.backends import CppBackend, TorchBackend, build_lock, load_backend
-from tinygpt.config import GPTConfig
-from tinygpt.generate import complete
-from tinygpt.model import GPT, KVCache
-from tinygpt.quantize import Int8Linear, quantize_int8
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.files.quantize import Int8Linear, quantize_int8
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT, KVCache
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.serving import backends
+from tinygpt.serving.backends import CppBackend, TorchBackend, build_lock, load_backend
+from tinygpt.serving.generate import complete
 
 
 def cpp_built() -> None:
@@ -264,7 +264,8 @@ def test_the_build_lock_goes_with_its_process_and_the_next_build_clears_what_it_
     """A process takes the build lock, PyTorch's lock file appears, and the process is killed, as
     Ctrl-C during a build would: the next build must not wait for that file forever."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from tinygpt.backends import build_lock\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path\n"
+         "from tinygpt.serving.backends import build_lock\n"
          "with build_lock(Path(sys.argv[1])):\n (Path(sys.argv[1]) / 'lock').touch(); print('held', flush=True); "
          "time.sleep(60)", str(tmp_path)],
         cwd=ROOT, stdout=subprocess.PIPE, text=True,

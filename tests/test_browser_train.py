@@ -8,7 +8,7 @@ import pytest
 from test_browser import CHROMIUM, CHROMIUM_FLAGS, sync_api
 from test_train_tab import LATIN, words
 
-from tinygpt.checkpoint import load_model
+from tinygpt.files.checkpoint import load_model
 
 
 @pytest.fixture

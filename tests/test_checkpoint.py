@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 
 from tests.conftest import ROOT
-from tinygpt.checkpoint import (
+from tinygpt.files.checkpoint import (
     WeightsError,
     load_model,
     load_training_state,
@@ -20,9 +20,9 @@ from tinygpt.checkpoint import (
     save_training_state,
     training_meta,
 )
-from tinygpt.config import GPTConfig
-from tinygpt.hub import TinyGPT
-from tinygpt.model import GPT
+from tinygpt.hub.models import TinyGPT
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 
 
 def same_logits(a: GPT, b: GPT) -> bool:
@@ -235,9 +235,9 @@ KILLED_DURING_SAVE = """
 import os, signal, sys
 import safetensors.torch, torch
 from tests.test_checkpoint import half_then
-from tinygpt.checkpoint import save_model, save_training_state
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
+from tinygpt.files.checkpoint import save_model, save_training_state
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 
 config = GPTConfig(**{config})
 torch.manual_seed(1)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tinygpt.cpus import cgroup_cpu_quota, usable_cpus
+from tinygpt.serving.cpus import cgroup_cpu_quota, usable_cpus
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 import torch
 
-from tinygpt.backends import TorchBackend
-from tinygpt.generate import UNIFORM_BLOCK, Decoder, Sequence, complete, decode, start
-from tinygpt.model import GPT, KVCache, draw, filter_logits, sample_next
+from tinygpt.model.gpt import GPT, KVCache, draw, filter_logits, sample_next
+from tinygpt.serving.backends import TorchBackend
+from tinygpt.serving.generate import UNIFORM_BLOCK, Decoder, Sequence, complete, decode, start
 
 # tiny_config has block_size 16, so 40 new tokens run well past the window.
 

@@ -8,12 +8,12 @@ import torch
 from gradio_client import Client
 
 from tests.conftest import read
-from tinygpt import backends
-from tinygpt.backends import CppBackend, TorchBackend
-from tinygpt.engine import STREAM_CROWD, Engine
-from tinygpt.generate import complete, start
-from tinygpt.model import GPT
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.model.gpt import GPT
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.serving import backends
+from tinygpt.serving.backends import CppBackend, TorchBackend
+from tinygpt.serving.engine import STREAM_CROWD, Engine
+from tinygpt.serving.generate import complete, start
 
 # (prompt, temperature, top_k, top_p, seed): different lengths (one longer than the 16-character
 # window), greedy and sampled, with and without filters, some with the same settings and prompt.

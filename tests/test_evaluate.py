@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import ROOT
-from tinygpt.checkpoint import load_model
-from tinygpt.config import GPTConfig
-from tinygpt.data import DEFAULT_DATA, load_splits
-from tinygpt.evaluate import validation_loss
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.files.checkpoint import load_model
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.training.data import DEFAULT_DATA, load_splits
+from tinygpt.training.evaluate import validation_loss
 
 
 @pytest.mark.parametrize("length", [1 + 16 * 5, 1 + 16 * 5 + 7, 10])  # whole windows, a short last one, only one

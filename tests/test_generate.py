@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from tinygpt.backends import TorchBackend
-from tinygpt.checkpoint import save_model
-from tinygpt.config import GPTConfig
-from tinygpt.generate import MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_PROMPT_CHARS, InputError, complete
-from tinygpt.model import GPT
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.files.checkpoint import save_model
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.serving.backends import TorchBackend
+from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_NUM_SAMPLES, MAX_PROMPT_CHARS, InputError, complete
 
 
 def run_complete(model, prompt, n=20, temperature=0.8, seed=1, **sampling) -> str:

@@ -7,10 +7,10 @@ from gradio import state_holder
 from gradio.blocks import BlocksConfig
 
 from app import build_demo
-from tinygpt import gradio_sessions
-from tinygpt.backends import TorchBackend
-from tinygpt.engine import Engine
-from tinygpt.train_tab import TrainSettings
+from tinygpt.serving.backends import TorchBackend
+from tinygpt.serving.engine import Engine
+from tinygpt.web import session_state_patch as gradio_sessions
+from tinygpt.web.train_tab import TrainSettings
 
 
 @pytest.fixture

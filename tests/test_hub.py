@@ -15,10 +15,10 @@ from huggingface_hub import ModelCard
 import train
 from tests.conftest import ROOT
 from tests.test_checkpoint import same_logits
-from tinygpt import card as card_module
-from tinygpt import hub
-from tinygpt.checkpoint import WeightsError, load_model
-from tinygpt.hub import TinyGPT
+from tinygpt.files import card as card_module
+from tinygpt.files.checkpoint import WeightsError, load_model
+from tinygpt.hub import models as hub
+from tinygpt.hub.models import TinyGPT
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -43,7 +43,7 @@ def test_the_walk_sees_function_level_imports_and_finds_a_planted_cycle():
     assert "tinygpt.model" in edges["tinygpt.checkpoint"]
     planted = {**edges, "tinygpt.model": edges["tinygpt.model"] | {"tinygpt.checkpoint"}}
     assert "tinygpt.model" in cycles(planted)
-    source = "def f():\n    from tinygpt.hub import push\n    import tinygpt.data\n"
+    source = "def f():\n    from tinygpt.hub.models import push\n    import tinygpt.data\n"
     tmp = PACKAGE.parent / ".pytest_cache" / "imports_probe.py"
     tmp.parent.mkdir(exist_ok=True)
     tmp.write_text(source)

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt.config import GPTConfig
-from tinygpt.model import KVCache, loaded, stored
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import KVCache, loaded, stored
 
 
 def test_shapes_and_loss(tiny_model, tiny_config):

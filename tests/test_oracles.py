@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_training import ctrl_c_at_batch
-from tinygpt import training
-from tinygpt.config import GPTConfig
-from tinygpt.data import get_batch
-from tinygpt.model import GPT
-from tinygpt.quantize import quantize_int8
-from tinygpt.training import WeightAverage, optimization_step, train, trim_log
+from tinygpt.files.quantize import quantize_int8
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.training import trainer as training
+from tinygpt.training.data import get_batch
+from tinygpt.training.trainer import WeightAverage, optimization_step, train, trim_log
 
 # --- int8 inference -------------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import train as train_py
-from tinygpt.checkpoint import WeightsError, load_training_state
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
+from tinygpt.files.checkpoint import WeightsError, load_training_state
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 
 CHECKPOINT = "checkpoint.safetensors"
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "8", "--batch-size", "4",

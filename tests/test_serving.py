@@ -13,13 +13,13 @@ from gradio_client.utils import Status
 
 from app import QUEUE_SIZE, build_demo, make_generate
 from tests.conftest import free_port, read, start_app, stop_app
-from tinygpt import backends
-from tinygpt.backends import TorchBackend
-from tinygpt.checkpoint import load_model
-from tinygpt.config import GPTConfig
-from tinygpt.cpus import usable_cpus
-from tinygpt.engine import Engine
-from tinygpt.model import GPT
+from tinygpt.files.checkpoint import load_model
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.serving import backends
+from tinygpt.serving.backends import TorchBackend
+from tinygpt.serving.cpus import usable_cpus
+from tinygpt.serving.engine import Engine
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ from huggingface_hub import SpaceCard
 from packaging.requirements import Requirement
 
 from tests.conftest import ROOT, free_port, launch, stop_app
-from tinygpt import hub
-from tinygpt.checkpoint import WEIGHTS_DIR
+from tinygpt.files.checkpoint import WEIGHTS_DIR
+from tinygpt.hub import models as hub
 
 SPACE = "me/tiny-gpt"
 
@@ -37,7 +37,8 @@ def files_under(folder: Path) -> set[str]:
 def test_stage_holds_the_page_and_nothing_else(staged):
     package = {f"tinygpt/{p.relative_to(ROOT / 'tinygpt').as_posix()}" for p in (ROOT / "tinygpt").rglob("*.py")}
     weights = {f"weights/{name}" for name in hub.SHARED_FILES if (WEIGHTS_DIR / name).is_file()}
-    expected = {"app.py", "README.md", "requirements.txt", "data/tinyshakespeare.txt", "tinygpt/csrc/decode.cpp"}
+    cpp = "tinygpt/serving/csrc/decode.cpp"
+    expected = {"app.py", "README.md", "requirements.txt", "data/tinyshakespeare.txt", cpp}
     assert files_under(staged) == expected | package | weights
     assert "weights/model.safetensors" in weights and "tinygpt/app.py" not in package
     assert (staged / "weights" / "model.safetensors").read_bytes() == (WEIGHTS_DIR / "model.safetensors").read_bytes()

@@ -1,6 +1,6 @@
 import pytest
 
-from tinygpt.tokenizer import CharTokenizer, UnknownCharactersError
+from tinygpt.model.tokenizer import CharTokenizer, UnknownCharactersError
 
 
 def test_vocabulary_is_the_sorted_distinct_characters_of_the_corpus(corpus, tokenizer):

@@ -16,9 +16,9 @@ import pytest
 from conftest import ROOT, free_port, launch, stop_app, tiny_recipe
 from gradio_client import Client
 
-from tinygpt.checkpoint import load_model
-from tinygpt.generate import InputError
-from tinygpt.playground import (
+from tinygpt.files.checkpoint import load_model
+from tinygpt.serving.generate import InputError
+from tinygpt.training.playground import (
     MAX_UPLOAD_BYTES,
     TrainingJob,
     VisitorModel,
@@ -29,7 +29,7 @@ from tinygpt.playground import (
     read_upload,
     shortest_text,
 )
-from tinygpt.train_tab import TrainSettings, build_train_tab
+from tinygpt.web.train_tab import TrainSettings, build_train_tab
 
 GREEK = ["καλημέρα", "κόσμε", "θάλασσα", "ήλιος", "φως", "νύχτα", "δέντρο", "πόλη", "λόγος", "ψυχή"]
 LATIN = ["lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do"]
@@ -47,7 +47,7 @@ def words(vocabulary: list[str], n_chars: int, seed: int) -> str:
 
 
 def test_shortest_text_is_the_fewest_characters_the_trainer_accepts(tmp_path):
-    from tinygpt.data import load_corpus
+    from tinygpt.training.data import load_corpus
 
     n = shortest_text(16)
     (tmp_path / "ok.txt").write_text("ab" * (n // 2) + "a" * (n % 2))
@@ -144,8 +144,8 @@ def test_visitor_models_are_freed_on_drop_and_beyond_the_limit(tmp_path, tiny_mo
 
 
 def test_the_zip_loads_with_load_model_and_from_pretrained(tmp_path, tiny_model):
-    from tinygpt.checkpoint import save_model
-    from tinygpt.hub import TinyGPT
+    from tinygpt.files.checkpoint import save_model
+    from tinygpt.hub.models import TinyGPT
 
     save_model(tiny_model, tmp_path)
     (tmp_path / "text.txt").write_text("not shipped")
@@ -244,7 +244,7 @@ def test_app_serves_the_train_api_unless_turned_off(server, tiny_weights, tmp_pa
 
 
 def test_push_uploads_the_sessions_model_only_where_a_token_is_configured(monkeypatch, fake_hub, tiny_model, tmp_path):
-    from tinygpt.checkpoint import save_model
+    from tinygpt.files.checkpoint import save_model
 
     def push_handler(models: VisitorModels):
         with gr.Blocks() as demo:

@@ -14,11 +14,11 @@ from safetensors.torch import load_file, save_file
 
 import train as train_py
 from tests.conftest import ROOT
-from tinygpt import training
-from tinygpt.checkpoint import load_model, training_meta
-from tinygpt.config import GPTConfig
-from tinygpt.data import DEFAULT_DATA, get_batch, split
-from tinygpt.training import learning_rate, train
+from tinygpt.files.checkpoint import load_model, training_meta
+from tinygpt.model.config import GPTConfig
+from tinygpt.training import trainer as training
+from tinygpt.training.data import DEFAULT_DATA, get_batch, split
+from tinygpt.training.trainer import learning_rate, train
 
 SMALL = dict(block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=16, dropout=0.0, eval_iters=4)
 
@@ -256,12 +256,12 @@ RANK_SCRIPT = """
 import os, sys
 sys.path.insert(0, os.getcwd())
 from safetensors.torch import save_file
-import tinygpt.model, tinygpt.training
+import tinygpt.model.gpt, tinygpt.training.trainer
 
-built, init = [], tinygpt.model.GPT.__init__
-tinygpt.model.GPT.__init__ = lambda self, *a, **k: (init(self, *a, **k), built.append(self))[0]
-batches, draw = [], tinygpt.training.get_batch
-tinygpt.training.get_batch = lambda *a, **k: batches.append(draw(*a, **k)) or batches[-1]
+built, init = [], tinygpt.model.gpt.GPT.__init__
+tinygpt.model.gpt.GPT.__init__ = lambda self, *a, **k: (init(self, *a, **k), built.append(self))[0]
+batches, draw = [], tinygpt.training.trainer.get_batch
+tinygpt.training.trainer.get_batch = lambda *a, **k: batches.append(draw(*a, **k)) or batches[-1]
 import train
 
 code = train.main(sys.argv[2:])

@@ -14,9 +14,9 @@ from gradio_client import Client
 
 from tests.conftest import ROOT, free_port, launch, stop_app, tiny_recipe
 from tests.test_train_tab import LATIN, words
-from tinygpt import zerogpu
-from tinygpt.playground import VisitorModels
-from tinygpt.train_tab import TrainSettings, build_train_tab
+from tinygpt.hub import zerogpu
+from tinygpt.training.playground import VisitorModels
+from tinygpt.web.train_tab import TrainSettings, build_train_tab
 
 STAND_IN = '''
 """A stand-in for Hugging Face's `spaces` package: records imports, decorations and calls."""

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from tinygpt.checkpoint import (
+from tinygpt.files.checkpoint import (
     has_training_state,
     load_training_state,
     save_model,
@@ -40,10 +40,10 @@ from tinygpt.checkpoint import (
     training_meta,
     write_text,
 )
-from tinygpt.config import GPTConfig
-from tinygpt.data import estimate_loss, get_batch, load_corpus
-from tinygpt.evaluate import validation_loss
-from tinygpt.model import GPT
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.training.data import estimate_loss, get_batch, load_corpus
+from tinygpt.training.evaluate import validation_loss
 
 LOG_FILE = "train_log.jsonl"
 CHECKPOINT_FILE = "checkpoint.safetensors"

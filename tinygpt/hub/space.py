@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinygpt.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model
-from tinygpt.data import DEFAULT_DATA
+from tinygpt.files.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model
+from tinygpt.training.data import DEFAULT_DATA
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements.txt"
 SHORT_DESCRIPTION = "A character-level GPT trained from scratch on Shakespeare"
 

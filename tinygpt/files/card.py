@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tinygpt.config import GPTConfig
-from tinygpt.data import DEFAULT_DATA
+from tinygpt.model.config import GPTConfig
+from tinygpt.training.data import DEFAULT_DATA
 
 DATASET = "karpathy/tiny_shakespeare"
 LIBRARY_NAME = "tinygpt"
@@ -57,7 +57,7 @@ def model_card(config: GPTConfig, results: dict | None = None) -> str:
         f"{len(c.vocab)}-character vocabulary) trained from scratch on {corpus}. Give it the start of some text "
         "and it writes the next characters, one at a time.", "",
         "```python",
-        "from tinygpt.hub import TinyGPT  # from the Tiny_GPT repository",
+        "from tinygpt.hub.models import TinyGPT  # from the Tiny_GPT repository",
         "",
         'model = TinyGPT.from_pretrained("USER/NAME")  # this repo, or a local folder',
         "```", "",

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tinygpt.config import GPTConfig
+from tinygpt.model.config import GPTConfig
 
 
 class KVCache:

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.backends import TorchBackend
-from tinygpt.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
-from tinygpt.config import GPTConfig, budget_recipe
-from tinygpt.data import split
-from tinygpt.generate import InputError, complete
-from tinygpt.model import GPT
-from tinygpt.tokenizer import CharTokenizer
-from tinygpt.training import Trainer
+from tinygpt.files.checkpoint import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE
+from tinygpt.model.config import GPTConfig, budget_recipe
+from tinygpt.model.gpt import GPT
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.serving.backends import TorchBackend
+from tinygpt.serving.generate import InputError, complete
+from tinygpt.training.data import split
+from tinygpt.training.trainer import Trainer
 
 MIN_MINUTES = 0.5
 MAX_MINUTES = 10.0  # app.py --max-train-minutes changes it
@@ -55,7 +55,7 @@ STEP_REPORT_S = 0.25  # the training loss is sent as the mean over this long, no
 SAMPLE_CHARS = 160
 SAMPLE_SEED = 0  # the same seed for every sample, so they differ only by what the model has learned
 MAX_KEPT_MODELS = 16  # trained models kept at once; API sessions never close, so the oldest goes first
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- Limits and checks ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from tinygpt.model import GPT, stored
+from tinygpt.model.gpt import GPT, stored
 
 
 class Int8Linear(nn.Module):

@@ -19,10 +19,10 @@ from typing import Any
 
 from huggingface_hub import PyTorchModelHubMixin
 
-from tinygpt import space
-from tinygpt.card import card_metadata
-from tinygpt.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model, save_model
-from tinygpt.model import GPT
+from tinygpt.files.card import card_metadata
+from tinygpt.files.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model, save_model
+from tinygpt.hub import space
+from tinygpt.model.gpt import GPT
 
 
 class TinyGPT(GPT, PyTorchModelHubMixin, **card_metadata()):

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.tokenizer import CharTokenizer
+from tinygpt.model.tokenizer import CharTokenizer
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent / "data" / "tinyshakespeare.txt"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
 TRAIN_FRACTION = 0.9
 
 

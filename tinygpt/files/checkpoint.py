@@ -19,11 +19,11 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
 
-from tinygpt import card
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
+from tinygpt.files import card
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"

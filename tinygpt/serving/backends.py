@@ -40,8 +40,8 @@ except ImportError:  # Windows
 
 import torch
 
-from tinygpt.model import GPT, KVCache
-from tinygpt.quantize import quantize_int8
+from tinygpt.files.quantize import quantize_int8
+from tinygpt.model.gpt import GPT, KVCache
 
 BACKENDS = ("auto", "torch", "int8", "cpp")
 SOURCE = Path(__file__).parent / "csrc" / "decode.cpp"

@@ -19,13 +19,14 @@ import gradio as gr
 import huggingface_hub
 import pandas as pd
 
-from tinygpt import hub
-from tinygpt.backends import TorchBackend
-from tinygpt.checkpoint import load_model
-from tinygpt.config import GPTConfig
-from tinygpt.data import DEFAULT_DATA, load_text
-from tinygpt.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete
-from tinygpt.playground import (
+from tinygpt.files.checkpoint import load_model
+from tinygpt.hub import models as hub
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.tokenizer import CharTokenizer
+from tinygpt.serving.backends import TorchBackend
+from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete
+from tinygpt.training.data import DEFAULT_DATA, load_text
+from tinygpt.training.playground import (
     MAX_MINUTES,
     MAX_UPLOAD_BYTES,
     MIN_MINUTES,
@@ -39,7 +40,6 @@ from tinygpt.playground import (
     page_recipe,
     read_upload,
 )
-from tinygpt.tokenizer import CharTokenizer
 
 UPDATE_INTERVAL_S = 0.5  # send the growing curve to the browser at most this often
 STREAM_INTERVAL_S = 0.05  # and generated text, as the Write tab does

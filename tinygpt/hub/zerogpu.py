@@ -20,9 +20,9 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tinygpt.config import GPTConfig
-from tinygpt.generate import InputError
-from tinygpt.playground import train_text
+from tinygpt.model.config import GPTConfig
+from tinygpt.serving.generate import InputError
+from tinygpt.training.playground import train_text
 
 STOP_FILE = "stop"  # created in the run's folder by GpuTrainingJob.stop
 MARGIN_S = 60  # start-up, the final exact validation loss and saving, beyond the training budget

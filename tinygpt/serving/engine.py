@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator, Callable
 
 import torch
 
-from tinygpt.backends import Backend
-from tinygpt.generate import Decoder, Sequence, Token
+from tinygpt.serving.backends import Backend
+from tinygpt.serving.generate import Decoder, Sequence, Token
 
 DEFAULT_MAX_BATCH = 32  # generations decoded together by default (README: Serving, for the measurement)
 # Each stream's updates slow down in proportion once more than this many generations run: on a
