@@ -22,9 +22,9 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from tinygpt.files.checkpoint import WEIGHTS_DIR, has_training_state, training_meta
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.hub import models as hub
 from tinygpt.model.config import DTYPES, GPTConfig, budget_recipe
-from tinygpt.training.data import DEFAULT_DATA
 from tinygpt.training.trainer import CHECKPOINT_FILE, train
 
 

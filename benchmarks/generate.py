@@ -36,12 +36,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tinygpt.files.checkpoint import WEIGHTS_DIR, load_model
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.gpt import GPT
 from tinygpt.model.tokenizer import CharTokenizer
 from tinygpt.serving.backends import extension, load_backend
 from tinygpt.serving.engine import DEFAULT_MAX_BATCH, Engine
 from tinygpt.serving.generate import Sequence, decode
-from tinygpt.training.data import DEFAULT_DATA, load_text
+from tinygpt.training.data import load_text
 
 ENGINE_ROUNDS = 9  # pairs of runs, one request alone and one through the engine
 PAGE_STREAM_INTERVAL_S = 0.05  # app.py's STREAM_INTERVAL_S: how often the page takes the new characters

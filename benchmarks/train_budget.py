@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import GPTConfig, budget_recipe
-from tinygpt.training.data import DEFAULT_DATA
 from tinygpt.training.trainer import train
 
 # fmt: off

@@ -22,9 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import DTYPES, GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.training.data import DEFAULT_DATA, load_splits
+from tinygpt.training.data import load_splits
 from tinygpt.training.trainer import autocast, optimization_step
 
 

@@ -29,8 +29,8 @@ from gradio_client import Client
 from load import load_average, start_server, stop_server  # benchmarks/load.py; it puts the repo on sys.path
 
 from tinygpt.files.checkpoint import WEIGHTS_DIR
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.serving.engine import DEFAULT_MAX_BATCH
-from tinygpt.training.data import DEFAULT_DATA
 
 
 def write_speed(client: Client, chars: int) -> float:

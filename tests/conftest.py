@@ -18,11 +18,12 @@ import torch
 from huggingface_hub import RepoUrl
 
 from tinygpt.files.checkpoint import save_model
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.tokenizer import CharTokenizer
 from tinygpt.serving import backends
-from tinygpt.training.data import DEFAULT_DATA, load_text
+from tinygpt.training.data import load_text
 
 ROOT = Path(__file__).resolve().parent.parent
 

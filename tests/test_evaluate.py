@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from tests.conftest import ROOT
 from tinygpt.files.checkpoint import load_model
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.tokenizer import CharTokenizer
-from tinygpt.training.data import DEFAULT_DATA, load_splits
+from tinygpt.training.data import load_splits
 from tinygpt.training.evaluate import validation_loss
 
 

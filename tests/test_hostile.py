@@ -22,9 +22,10 @@ from gradio_client import Client
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.tokenizer import SUBSTITUTES, CharTokenizer, UnknownCharactersError
 from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
-from tinygpt.training.data import DEFAULT_DATA, load_text
+from tinygpt.training.data import load_text
 
 pytestmark = pytest.mark.slow
 

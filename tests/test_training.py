@@ -15,9 +15,10 @@ from safetensors.torch import load_file, save_file
 import train as train_py
 from tests.conftest import ROOT
 from tinygpt.files.checkpoint import load_model, training_meta
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import GPTConfig
 from tinygpt.training import trainer as training
-from tinygpt.training.data import DEFAULT_DATA, get_batch, split
+from tinygpt.training.data import get_batch, split
 from tinygpt.training.trainer import learning_rate, train
 
 SMALL = dict(block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=16, dropout=0.0, eval_iters=4)

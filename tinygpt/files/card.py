@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import GPTConfig
-from tinygpt.training.data import DEFAULT_DATA
 
 DATASET = "karpathy/tiny_shakespeare"
 LIBRARY_NAME = "tinygpt"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinygpt.files.checkpoint import SHARED_FILES, WEIGHTS_DIR, load_model
-from tinygpt.training.data import DEFAULT_DATA
+from tinygpt.files.paths import DEFAULT_DATA
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements.txt"

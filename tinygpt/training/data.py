@@ -8,7 +8,6 @@ import torch
 
 from tinygpt.model.tokenizer import CharTokenizer
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "data" / "tinyshakespeare.txt"
 TRAIN_FRACTION = 0.9
 
 

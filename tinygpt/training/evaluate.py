@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.files.checkpoint import WEIGHTS_DIR, load_model
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.files.quantize import quantize_int8
 from tinygpt.model.gpt import GPT, KVCache
 from tinygpt.model.tokenizer import CharTokenizer, UnknownCharactersError
-from tinygpt.training.data import DEFAULT_DATA, load_splits
+from tinygpt.training.data import load_splits
 
 
 @torch.no_grad()

@@ -20,12 +20,13 @@ import huggingface_hub
 import pandas as pd
 
 from tinygpt.files.checkpoint import load_model
+from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.hub import models as hub
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.tokenizer import CharTokenizer
 from tinygpt.serving.backends import TorchBackend
 from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete
-from tinygpt.training.data import DEFAULT_DATA, load_text
+from tinygpt.training.data import load_text
 from tinygpt.training.playground import (
     MAX_MINUTES,
     MAX_UPLOAD_BYTES,
