@@ -11,13 +11,16 @@ import pytest
 import torch
 from gradio_client import Client
 
-from app import Trace, build_demo, inside_view, make_generate, make_run, share_service_reachable, switch_to_cpp
+import app  # noqa: F401  (app.py's process settings: the page's tests run with them)
 from tests.conftest import read
 from tinygpt.files.checkpoint import load_model
 from tinygpt.serving import backends
 from tinygpt.serving.backends import TorchBackend, load_backend
 from tinygpt.serving.engine import Engine
 from tinygpt.serving.generate import Decoder, Sequence
+from tinygpt.serving.server import switch_to_cpp
+from tinygpt.web.inside import Trace, inside_view
+from tinygpt.web.page import build_demo, make_generate, make_run, share_service_reachable
 
 
 @pytest.fixture

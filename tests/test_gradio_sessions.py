@@ -6,10 +6,10 @@ import pytest
 from gradio import state_holder
 from gradio.blocks import BlocksConfig
 
-from app import build_demo
 from tinygpt.serving.backends import TorchBackend
 from tinygpt.serving.engine import Engine
 from tinygpt.web import session_state_patch as gradio_sessions
+from tinygpt.web.page import build_demo
 from tinygpt.web.train_tab import TrainSettings
 
 

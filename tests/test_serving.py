@@ -11,7 +11,6 @@ import torch
 from gradio_client import Client
 from gradio_client.utils import Status
 
-from app import QUEUE_SIZE, build_demo, make_generate
 from tests.conftest import free_port, read, start_app, stop_app
 from tinygpt.files.checkpoint import load_model
 from tinygpt.model.config import GPTConfig
@@ -20,6 +19,7 @@ from tinygpt.serving import backends
 from tinygpt.serving.backends import TorchBackend
 from tinygpt.serving.cpus import usable_cpus
 from tinygpt.serving.engine import Engine
+from tinygpt.web.page import QUEUE_SIZE, build_demo, make_generate
 
 pytestmark = pytest.mark.slow
 
