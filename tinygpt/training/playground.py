@@ -7,7 +7,7 @@ Read top to bottom:
   train_text         - the one training call: a Trainer run that reports progress through `emit`
                        (loss points, estimates, samples) and honours `stop`; plain, so it can be
                        wrapped (a GPU slice on a Space) or run here in a process of its own;
-  TrainingJob        - train_text in a child process (`python -m tinygpt.playground`) with one torch
+  TrainingJob        - train_text in a child process (`python -m tinygpt.training.playground`) with one torch
                        thread: torch's thread count is global to a process, so a training in the
                        server's own process would change the Write tab's thread count as well. It
                        keeps the normal CPU priority: at the lowest (nice 19) a machine busy with
@@ -195,7 +195,7 @@ def train_text(
 
 
 def worker(argv: list[str] | None = None) -> int:
-    """`python -m tinygpt.playground --config JSON --data FILE --out DIR`: train_text on one thread,
+    """`python -m tinygpt.training.playground --config JSON --data FILE --out DIR`: train_text on one thread,
     events as JSON lines on stdout; a line "stop" on stdin, or its end (the server gone), stops."""
     parser = argparse.ArgumentParser(description=worker.__doc__)
     parser.add_argument("--config", required=True, help="the GPTConfig as JSON")
@@ -238,7 +238,7 @@ class TrainingJob:
         out_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}  # fmt: skip
-        command = [sys.executable, "-m", "tinygpt.playground", "--config", config.to_json(),
+        command = [sys.executable, "-m", "tinygpt.training.playground", "--config", config.to_json(),
                    "--data", str(data_path), "--out", str(out_dir)]  # fmt: skip
         with self.log.open("w") as log:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
