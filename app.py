@@ -37,7 +37,7 @@ from tinygpt.serving.engine import DEFAULT_MAX_BATCH, Engine
 from tinygpt.serving.server import resident_memory_mb, seconds_since_start, switch_to_cpp
 from tinygpt.training.playground import TrainingJob
 from tinygpt.web.page import QUEUE_SIZE, THEME, build_demo, share_service_reachable
-from tinygpt.web.train_tab import TrainSettings
+from tinygpt.web.train_handlers import TrainSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # A Space picks its model with a variable (Settings > Variables): TINYGPT_MODEL=USER/NAME.
     model_name = os.environ.get("TINYGPT_MODEL", str(WEIGHTS_DIR))
     parser.add_argument("--model", default=model_name, help="weights folder, or USER/NAME of a Hugging Face Hub repo")
-    parser.add_argument("--weights", dest="model", help=argparse.SUPPRESS)  # the old name of --model
+    parser.add_argument("--weights", dest="model", help=argparse.SUPPRESS)  # another name for --model
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="how forward passes run: auto (the C++ "
                         "step once it is built, PyTorch float32 until then), torch (float32), int8 (int8 weights), "
                         "cpp (the C++ step: float32 weights, int8 KV cache; built in the background once the page "

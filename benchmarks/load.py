@@ -5,7 +5,7 @@
     python benchmarks/load.py --served-before 10000  # each page first serves 10,000 short requests
 
 Runs app.py on a free port as shipped (the batching engine, default --max-batch) and with
---max-batch 1 (one generation at a time, as before batching), one at a time, each started afresh for
+--max-batch 1 (one generation at a time, no batching), one at a time, each started afresh for
 each round and measured once it decodes with its final backend (the C++ step once built). The load:
 N threads, each with its own HTTP connection, each sending M requests one after another (all threads
 start together) to Gradio's HTTP API for /generate, reading the stream of updates. The clients use

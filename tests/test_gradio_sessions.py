@@ -69,3 +69,13 @@ def test_a_value_written_into_one_session_stays_in_that_session(demo):
     two._update_value_in_config(textbox, "in session two")
     assert one.config_values[textbox]["props"]["value"] == "only in session one"
     assert gradio_built(demo).config_values[textbox]["props"].get("value") == default  # the page itself untouched
+
+
+def test_on_another_gradio_the_page_keeps_gradios_sessions_and_says_so_once(capsys):
+    with gr.Blocks() as page:
+        gr.Textbox()
+    assert not gradio_sessions.start_sessions_lean(page, gradio_version="6.32.0")
+    assert state_holder.SessionState(page).config_values == gradio_built(page).config_values
+    assert capsys.readouterr().err.count("\n") == 1
+    assert gradio_sessions.start_sessions_lean(page, gradio_version=gradio_sessions.WRITTEN_FOR)
+    assert state_holder.SessionState(page).config_values == {}

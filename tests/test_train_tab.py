@@ -203,7 +203,7 @@ def test_each_session_writes_with_its_own_model_and_waits_its_turn(train_server)
     text_b = second.predict("", 200, 1.0, api_name="/generate_trained")
     assert set(text_a) <= set(greek) and set(text_b) <= set(latin)
     assert set(text_a) & set(GREEK[0]) and set(text_b) & set(LATIN[0])  # each wrote in its own alphabet
-    with pytest.raises(Exception, match="no trained model in this session"):
+    with pytest.raises(Exception, match="no trained model in your session"):
         third.predict("", 10, 1.0, api_name="/generate_trained")
 
 

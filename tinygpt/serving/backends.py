@@ -74,7 +74,7 @@ def build_lock(build_dir: Path) -> Iterator[None]:
     with its process, so its holder knows that a PyTorch lock in the folder belongs to no one."""
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / "tinygpt.lock", "w") as handle:
-        if fcntl is not None:  # POSIX; elsewhere PyTorch's lock alone, as before
+        if fcntl is not None:  # POSIX; elsewhere PyTorch's own lock only
             fcntl.flock(handle, fcntl.LOCK_EX)  # waits while another process builds
             if (build_dir / "lock").exists():
                 (build_dir / "lock").unlink()

@@ -33,9 +33,9 @@ from typing import NamedTuple
 import torch
 
 from tinygpt.files.checkpoint import WEIGHTS_DIR, load_model
-from tinygpt.model.gpt import KVCache, choose
+from tinygpt.model.gpt import GPT, KVCache, choose
 from tinygpt.model.tokenizer import CharTokenizer, UnknownCharactersError
-from tinygpt.serving.backends import BACKENDS, Backend, load_backend
+from tinygpt.serving.backends import BACKENDS, Backend, TorchBackend, load_backend
 
 MAX_NEW_TOKENS = 2000
 MAX_TEMPERATURE = 2.0
@@ -331,6 +331,23 @@ def complete(
             yield TextStep([tokenizer.vocab[t.token] for t in new], probs)
 
     return text, steps()
+
+
+def complete_text(
+    model: GPT,
+    prompt: str,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    seed: int | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> str:
+    """The prompt (cleaned as the page cleans it) followed by exactly `max_new_tokens` characters,
+    decoded with PyTorch on this process's threads. The same settings and checks as the page's
+    /generate; raises InputError for input that cannot be used."""
+    tokenizer = CharTokenizer(model.config.vocab)
+    text, steps = complete(TorchBackend(model), tokenizer, prompt, max_new_tokens, temperature, seed, top_k, top_p)
+    return text + "".join(step.chars[0] for step in steps)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from tinygpt.serving.engine import Engine
 from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start
 from tinygpt.web.inside import Trace, candidates_at, inside_view
 from tinygpt.web.session_state_patch import start_sessions_lean
-from tinygpt.web.train_tab import TrainSettings, build_train_tab
+from tinygpt.web.train_handlers import TrainSettings
+from tinygpt.web.train_tab import build_train_tab
 
 STREAM_INTERVAL_S = 0.05  # send the growing text to the browser at most this often
 QUEUE_SIZE = 64  # waiting requests beyond this get "Queue is full" at once instead of a long wait

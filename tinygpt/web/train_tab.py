@@ -1,5 +1,6 @@
 """The page's Train tab: a visitor's text, a few minutes, a live loss curve and samples, then their own
-model to write with, download or push. The work is done by tinygpt.playground; this is the wiring.
+model to write with, download or push. This is the layout and the wiring; what each button does is
+tinygpt.web.train_handlers (testable without Gradio), the training tinygpt.training.playground.
 
 API (gradio_client): /train(text, minutes) streams (progress, curve, sample, validation loss, zip);
 /generate_trained(prompt, max_new_tokens, temperature) writes with the session's trained model.
@@ -8,66 +9,26 @@ API (gradio_client): /train(text, minutes) streams (progress, curve, sample, val
 from __future__ import annotations
 
 import atexit
-import html
-import shutil
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+import contextlib
+from collections.abc import Iterator
 
 import gradio as gr
 import huggingface_hub
-import pandas as pd
 
-from tinygpt.files.checkpoint import load_model
 from tinygpt.files.paths import DEFAULT_DATA
-from tinygpt.hub import models as hub
-from tinygpt.model.config import GPTConfig
-from tinygpt.model.tokenizer import CharTokenizer
-from tinygpt.serving.backends import TorchBackend
-from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError, complete
+from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_TEMPERATURE, InputError
 from tinygpt.training.data import load_text
-from tinygpt.training.playground import (
-    MAX_MINUTES,
-    MAX_UPLOAD_BYTES,
-    MIN_MINUTES,
-    TrainingError,
-    TrainingJob,
-    VisitorModel,
-    VisitorModels,
-    check_minutes,
-    check_text,
-    pack,
-    page_recipe,
-    read_upload,
-)
-
-UPDATE_INTERVAL_S = 0.5  # send the growing curve to the browser at most this often
-STREAM_INTERVAL_S = 0.05  # and generated text, as the Write tab does
+from tinygpt.training.playground import TrainingError, VisitorModels
+from tinygpt.web.train_handlers import PushError, TrainHandlers, TrainSettings, progress_html
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    """What the tab allows: the minutes slider's range and the recipe for a budget (tests pass a tiny one)."""
-
-    min_minutes: float = MIN_MINUTES
-    max_minutes: float = MAX_MINUTES
-    recipe: Callable[[float], GPTConfig] = page_recipe
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
-    job: Callable[[GPTConfig, Path, Path], TrainingJob] = TrainingJob  # where a run happens (tinygpt.zerogpu)
-
-
-def clock(seconds: float) -> str:
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
-
-
-def progress_html(fraction: float, line: str) -> str:
-    return (f'<div id="train-status"><progress value="{fraction:.3f}" max="1" style="width:100%"></progress>'
-            f"<div>{html.escape(line)}</div></div>")  # fmt: skip
-
-
-def no_model_error() -> gr.Error:
-    return gr.Error("there is no trained model in this session yet: train one first", print_exception=False)
+@contextlib.contextmanager
+def shown_as_messages() -> Iterator[None]:
+    """The visitor's errors as a message on the page (and one line for an API client), not a stack trace."""
+    try:
+        yield
+    except (InputError, TrainingError, PushError) as err:
+        raise gr.Error(str(err), print_exception=False) from None
 
 
 def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorModels | None = None) -> None:
@@ -76,108 +37,30 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
     if models is None:
         models = VisitorModels()
         atexit.register(models.close)
+    handlers = TrainHandlers(settings, models)
 
     def train(text: str, minutes: float, request: gr.Request) -> Iterator[tuple]:
         """Train a model on `text` for `minutes`; streams (progress, loss curve, latest sample,
         validation loss, model zip). The final validation loss is exact, on the text's last 10%."""
-        session = request.session_hash
-        try:
-            minutes = check_minutes(minutes, settings.min_minutes, settings.max_minutes)
-            config = settings.recipe(minutes)
-            text = check_text(text, config.block_size)
-        except InputError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        folder = models.folder(session)
-        data = folder / "text.txt"
-        data.write_text(text, encoding="utf-8")
-        points: list[dict] = []
-        latest_sample, line, fraction, sent = "", "starting the training process", 0.0, 0.0
-
-        def update(val_loss: float | None = None, download: str | None = None) -> tuple:
-            # Until the end there is no model: the session's previous one was dropped when this one began.
-            curve = pd.DataFrame(points, columns=["step", "loss", "split"])
-            return progress_html(fraction, line), curve, latest_sample, val_loss, download
-
-        yield update()
-        job = settings.job(config, data, folder)
-        models.jobs[session] = job
-        try:
-            for event in job.events():
-                kind = event["event"]
-                if kind == "start":
-                    line = f"{event['params'] / 1e6:.2f}M parameters, {event['vocab_size']} characters"
-                elif kind == "step":
-                    points.append({"step": event["step"], "loss": event["loss"], "split": "train"})
-                    fraction = event["progress"]
-                    line = (f"step {event['step']} · {clock(event['elapsed_s'])} of {clock(60 * minutes)} · "
-                            f"training loss {event['loss']:.3f}")  # fmt: skip
-                elif kind == "eval":
-                    points.append({"step": event["step"], "loss": event["val_loss"], "split": "validation"})
-                elif kind == "sample":
-                    latest_sample = f"[step {event['step']}]\n{event['text']}"
-                elif kind == "finishing":
-                    line = f"stopped at step {event['step']}: scoring the model"
-                if kind != "step" or time.perf_counter() - sent >= UPDATE_INTERVAL_S:
-                    sent = time.perf_counter()
-                    yield update()
-            summary = event["summary"]
-            if models.jobs.get(session) is not job:  # the page was closed meanwhile (unload dropped the job)
-                return
-            models.keep(session, VisitorModel(folder, load_model(folder).eval(), summary))
-            how = "stopped" if summary.get("stopped") else "trained"
-            fraction, line = 1.0, (f"{how}: {summary['steps']} steps in {clock(summary['elapsed_s'])}, "
-                                   f"validation loss {summary['val_loss']:.4f}")  # fmt: skip
-            yield update(summary["val_loss"], str(pack(folder)))
-        except (InputError, TrainingError) as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        finally:
-            closed = models.jobs.get(session) is not job
-            if not closed:
-                del models.jobs[session]
-            job.close()
-            if closed:  # nobody is left to use what it trained
-                shutil.rmtree(folder, ignore_errors=True)
+        with shown_as_messages():
+            yield from handlers.train(text, minutes, request.session_hash)
 
     def stop(request: gr.Request) -> None:
-        job = models.jobs.get(request.session_hash)
-        if job:
-            job.stop()
+        handlers.stop(request.session_hash)
 
     def generate_trained(prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
                          request: gr.Request = None) -> Iterator[str]:  # fmt: skip
-        """Continue `prompt` with this session's trained model; streams the growing text."""
-        visitor = models.get(request.session_hash)
-        if visitor is None:
-            raise no_model_error()
-        tokenizer = CharTokenizer(visitor.model.config.vocab)
-        try:
-            text, steps = complete(TorchBackend(visitor.model), tokenizer, prompt, max_new_tokens, temperature)
-        except InputError as err:
-            raise gr.Error(str(err), print_exception=False) from None
-        sent = time.perf_counter()
-        for step in steps:
-            text += step.chars[0]
-            if time.perf_counter() - sent >= STREAM_INTERVAL_S:
-                sent = time.perf_counter()
-                yield text
-        yield text
+        """Continue `prompt` with the model the visitor's session trained; streams the growing text."""
+        with shown_as_messages():
+            yield from handlers.generate_trained(request.session_hash, prompt, max_new_tokens, temperature)
 
     def push(repo_id: str, request: gr.Request) -> str:
-        visitor = models.get(request.session_hash)
-        if visitor is None:
-            raise no_model_error()
-        try:
-            url = hub.push(visitor.folder, repo_id.strip())
-        except Exception as err:  # a bad name, no permission, the Hub out of reach: one line
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise gr.Error(f"could not push to {repo_id!r}: {reason}", print_exception=False) from None
-        return f"Pushed: {url}"
+        with shown_as_messages():
+            return handlers.push(request.session_hash, repo_id)
 
     def upload(path: str) -> str:
-        try:
-            return read_upload(path)
-        except InputError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+        with shown_as_messages():
+            return handlers.upload(path)
 
     gr.Markdown(
         "Train a small GPT from scratch on your own text and watch it learn: the loss falls and the "
@@ -232,6 +115,6 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
                        concurrency_limit=1, concurrency_id="model")  # fmt: skip
 
     def forget(request: gr.Request) -> None:  # the visitor closed or reloaded the page
-        models.drop(request.session_hash)
+        handlers.forget(request.session_hash)
 
     demo.unload(forget)
