@@ -57,7 +57,7 @@ def model_card(config: GPTConfig, results: dict | None = None) -> str:
         f"{len(c.vocab)}-character vocabulary) trained from scratch on {corpus}. Give it the start of some text "
         "and it writes the next characters, one at a time.", "",
         "```python",
-        "from tinygpt.hub.models import TinyGPT  # from the Tiny_GPT repository",
+        "from tinygpt.hub import TinyGPT  # from the Tiny_GPT repository",
         "",
         'model = TinyGPT.from_pretrained("USER/NAME")  # this repo, or a local folder',
         "```", "",
