@@ -119,7 +119,7 @@ def wait_for(log: Path, line_start: str | tuple[str, ...], timeout_s: float = 60
 
 def test_the_cpp_step_gets_a_thread_per_cpu_and_pytorch_keeps_one(served, torch_server):
     """With the C++ step, what runs on PyTorch is a batch's sampling, which one thread does faster than
-    two; the step's own threads do the work (README: Serving). The torch backend keeps PyTorch's threads."""
+    two; the step's own threads do the work (docs/crowd.md). The torch backend keeps PyTorch's threads."""
     if backends.extension() is None:
         pytest.skip("the C++ decode step could not be built here")
     _, log = served

@@ -1,4 +1,4 @@
-"""How a forward pass over cached positions runs: the backends of the decode loop (`tinygpt.generate`).
+"""How a forward pass over cached positions runs: the backends of the decode loop (`tinygpt.serving.generate`).
 
 A backend does one thing: run tokens (B, T) of B sequences, row b at positions input_pos[b].., store
 their keys and values in rows 0..B-1 of a KVCache of its `cache_dtype`, and return the logits
@@ -6,19 +6,20 @@ their keys and values in rows 0..B-1 of a KVCache of its `cache_dtype`, and retu
 once, above them.
 
   torch - the PyTorch model in float32, with a float32 cache: the reference.
-  int8  - the PyTorch model with int8 weights (`tinygpt.quantize`): a different, slightly rounded
-          function (validation loss within 0.001); faster than float32 on PyTorch.
+  int8  - the PyTorch model with int8 weights (`tinygpt.files.quantize`): a different, slightly rounded
+          function (`python -m tinygpt.evaluate --precision int8` scores it); faster than float32 on PyTorch.
   cpp   - float32 weights and arithmetic with an int8 cache, each pass (a step, a prompt, the
           window's re-prefill) one C++ call (`csrc/decode.cpp`) instead of ~150 PyTorch operations.
           The same function as the PyTorch model given an int8 cache (`TorchBackend(model,
           cache_dtype=torch.int8)`, its reference in the tests). The int8 cache (each head's key or
           value at a position scaled to -127..127, its scale kept beside it) is about a quarter of
           the bytes of a float32 one (half of float16's) for attention to read from memory, much of
-          a crowded step; the shipped model's validation loss moves by 0.00002 (README: Generation
-          speed). With `threads` > 1 a step of 8 or more sequences is cut into that many parts of
+          a crowded step; `python -m tinygpt.evaluate --cache-dtype int8` scores it (docs/speed.md).
+          With `threads` > 1 a step of 8 or more sequences is cut into that many parts of
           about equal work, and a long prompt into parts of its positions, one thread each.
-          Compiled on first use (~40 s on 2 cores; cached by torch.utils.cpp_extension, under
-          TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions). Fastest where it builds.
+          Compiled on first use (tens of seconds: benchmarks/cold_start.py; cached by
+          torch.utils.cpp_extension, under TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions).
+          Fastest where it builds.
   auto  - cpp where it can be built, else torch.
 """
 

@@ -30,7 +30,7 @@ import torch
 from tinygpt.serving.backends import Backend
 from tinygpt.serving.generate import Decoder, Sequence, Token
 
-DEFAULT_MAX_BATCH = 32  # generations decoded together by default (README: Serving, for the measurement)
+DEFAULT_MAX_BATCH = 32  # generations decoded together by default: the load benchmark's 32 clients (docs/crowd.md)
 # Each stream's updates slow down in proportion once more than this many generations run: on a
 # crowded page the server's per-update work would otherwise take the CPU the decode loop needs.
 STREAM_CROWD = 8
