@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     engine = Engine(backend, args.max_batch)
     training = None
-    if not args.no_train:  # on a ZeroGPU Space each training runs on a GPU slice (tinygpt.zerogpu)
+    if not args.no_train:  # on a ZeroGPU Space each training runs on a GPU slice (tinygpt.hub.zerogpu)
         job = zerogpu.gpu_training() if zerogpu.enabled() else TrainingJob
         training = TrainSettings(max_minutes=args.max_train_minutes, job=job)
     demo = build_demo(engine, folder, training)

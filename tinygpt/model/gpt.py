@@ -2,10 +2,10 @@
 
 Read top to bottom: KVCache -> MultiHeadAttention (steps 8 and 9) -> FeedForward (10)
 -> Block (11) -> GPT (12) with its `generate`, the seed's loop kept as the reference. Cached,
-batched generation (`tinygpt.generate`) passes a KVCache and each sequence's position to `forward`.
+batched generation (`tinygpt.serving.generate`) passes a KVCache and each sequence's position to `forward`.
 Last, how `generate` (and the cached decode loop) chooses each next character: temperature, top-k,
 top-p and the draw. This module imports only torch and the config; loading, saving and the Hugging
-Face Hub sit above it (`tinygpt.checkpoint`, `tinygpt.hub`).
+Face Hub sit above it (`tinygpt.files.checkpoint`, `tinygpt.hub`).
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ class GPT(nn.Module):
         """idx (B, T) followed by max_new_tokens sampled tokens: (B, T + max_new_tokens).
 
         The seed's generate, kept as the reference: every step runs the whole context (cropped to
-        the last block_size tokens) through the model. `tinygpt.generate` gives the same tokens
+        the last block_size tokens) through the model. `tinygpt.serving.generate` gives the same tokens
         with a KV cache, much faster.
         """
         for _ in range(max_new_tokens):
@@ -267,7 +267,7 @@ class GPT(nn.Module):
 # Temperature, top-k and top-p (nucleus), then the draw. A token is drawn by inverse transform
 # sampling from one float64 uniform of the sequence's random generator, rather than with
 # torch.multinomial: the uniforms can then be drawn ahead, and a whole batch, each row with its own
-# generator, sampled in a few operations instead of a call per row (`tinygpt.generate.sample_rows`).
+# generator, sampled in a few operations instead of a call per row (`tinygpt.serving.generate.sample_rows`).
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Continuous batching: many generations share one decode loop, as in vLLM, TGI or llama.cpp's slots.
 
-One background thread owns the model's Decoder (`tinygpt.generate`) and loops: let waiting requests
+One background thread owns the model's Decoder (`tinygpt.serving.generate`) and loops: let waiting requests
 join (each is prefilled into a free cache row), then one step, which gives every active sequence
 its next character in one batched forward pass, then hand each character to its request. A
 finished or cancelled request leaves at the next step boundary and frees its row; beyond

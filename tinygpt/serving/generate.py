@@ -6,8 +6,8 @@ The one decode loop, in the style of gpt-fast's generate.py, for one sequence or
             and random generator), then one batched forward pass runs all of them one position
             further, each at its own position in its own cache row.
 Sequences can join (`Decoder.add`) and leave (`Decoder.remove`) between steps: the page's batching
-engine (`tinygpt.engine`) does that; the command line runs one request's samples to the end.
-How a forward pass runs is the backend's business (`tinygpt.backends`: PyTorch float32 or int8,
+engine (`tinygpt.serving.engine`) does that; the command line runs one request's samples to the end.
+How a forward pass runs is the backend's business (`tinygpt.serving.backends`: PyTorch float32 or int8,
 or the C++ step); the loop is the same for all of them.
 
 Past the context window. Positions are learned and absolute, so once a text outgrows block_size

@@ -71,7 +71,7 @@ def estimate_loss(
 ) -> dict[str, float]:
     """Mean loss over `eval_iters` random batches of each split: cheap, noisy, for progress only.
 
-    `tinygpt.evaluate.validation_loss` is the exact, repeatable figure.
+    `tinygpt.training.evaluate.validation_loss` is the exact, repeatable figure.
     """
     was_training = model.training
     model.eval()

@@ -96,7 +96,7 @@ def model_card_text(folder: Path) -> str:
 
 
 def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettings | None = None) -> gr.Blocks:
-    """The page: Write, Train (with `training`; tinygpt.train_tab) and Model."""
+    """The page: Write, Train (with `training`; tinygpt.web.train_tab) and Model."""
     run = make_run(engine)
     model = engine.decoder.backend.model
     n_params = model.num_params() / 1e6
