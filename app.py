@@ -31,6 +31,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000000")
 # loop, leaving the second core to the C++ step's second thread (read when torch is imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from tinygpt.spaces_first import import_spaces_first  # noqa: E402
+
+import_spaces_first()  # on a ZeroGPU Space, `spaces` comes before torch and Gradio
+
 import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
@@ -339,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     training = None
     if not args.no_train:  # on a ZeroGPU Space each training runs on a GPU slice (tinygpt.zerogpu)
         job = zerogpu.gpu_training() if zerogpu.enabled() else TrainingJob
-        training = TrainSettings(max_minutes=args.max_train_minutes, job=job)
+        training = TrainSettings(max_minutes=zerogpu.max_minutes(args.max_train_minutes), job=job)
     demo = build_demo(engine, folder, training)
     share = args.share and share_service_reachable()
     if args.share and not share:
