@@ -1,11 +1,14 @@
 """The Hugging Face Space: the staged folder, its configuration, its errors, and a rehearsal of its
 start (the staged app.py run as a Space runs it, on a fresh machine). Nothing reaches the network."""
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import gradio
@@ -17,6 +20,7 @@ from huggingface_hub import SpaceCard, SpaceRuntime
 from packaging.requirements import Requirement
 
 from tests.conftest import ROOT, free_port, launch, stop_app
+from tests.test_zerogpu import STAND_IN
 from tinygpt import hub, space
 from tinygpt.checkpoint import WEIGHTS_DIR
 
@@ -272,17 +276,32 @@ def test_an_unreachable_hub_is_one_clear_line(fake_hub, monkeypatch, capsys):
 # --- Rehearsal: the staged folder started as a Space starts it ------------------------------------------
 
 
+# A compiler that is there (it answers --version, as PyTorch checks first) but fails every build.
+FAILING_COMPILER = """#!/bin/sh
+case "$1" in --version|-v|-dumpversion) echo "c++ (a stand-in) 14.2.0"; exit 0;; esac
+echo "c++: internal compiler error (a stand-in)" >&2
+exit 1
+"""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("compiler", [True, False], ids=["with-compiler", "no-compiler"])
-def test_staged_space_starts_on_a_fresh_machine_and_answers(staged, tmp_path, compiler):
+@pytest.mark.parametrize("setup", ["with-compiler", "no-compiler", "failing-compiler", "zero-gpu"])
+def test_staged_space_starts_on_a_fresh_machine_and_answers(staged, staged_zero, tmp_path, setup):
     """`python app.py` with no arguments from the staged folder, configured only by the variables a Space
-    sets, with an empty home, build cache and Hub cache; without a C++ compiler it decodes with PyTorch."""
+    sets, with an empty home, build cache and Hub cache. Without a C++ compiler, or with one that fails,
+    it decodes with PyTorch. On ZeroGPU (the stand-in `spaces`, no compiler) it imports `spaces` first
+    and decorates the training."""
     folders = {name: tmp_path / name for name in ("home", "torch_extensions", "hf_home", "bin")}
     for folder in folders.values():
         folder.mkdir()
+    if setup == "failing-compiler":
+        for name in ("c++", "g++", "cc", "gcc"):
+            (folders["bin"] / name).write_text(FAILING_COMPILER)
+            (folders["bin"] / name).chmod(0o755)
     port = free_port()
     env = {
-        "PATH": os.environ["PATH"] if compiler else str(folders["bin"]),  # an empty bin: no c++, no g++
+        # an empty bin (no c++, no g++) or one whose compilers fail; the tools the shell needs stay
+        "PATH": os.environ["PATH"] if setup == "with-compiler" else str(folders["bin"]),
         "HOME": str(folders["home"]),
         "TORCH_EXTENSIONS_DIR": str(folders["torch_extensions"]),
         "HF_HOME": str(folders["hf_home"]),
@@ -292,13 +311,29 @@ def test_staged_space_starts_on_a_fresh_machine_and_answers(staged, tmp_path, co
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",  # leaves the module's staged folder as staged
     }
+    folder = staged
+    if setup == "zero-gpu":
+        folder = staged_zero
+        (tmp_path / "spaces").mkdir()
+        (tmp_path / "spaces" / "__init__.py").write_text(textwrap.dedent(STAND_IN))
+        env |= {"SPACES_ZERO_GPU": "true", "PYTHONPATH": str(tmp_path), "SPACES_STAND_IN_LOG": str(tmp_path / "log")}
     log = tmp_path / "space.log"
     # Generous: until the page serves before the C++ step is built, a cold start includes the build.
-    process, url = launch([sys.executable, "app.py"], staged, env, port, log, timeout_s=600)
+    process, url = launch([sys.executable, "app.py"], folder, env, port, log, timeout_s=600)
     try:
         text = Client(url, verbose=False).predict("ROMEO:", 50, 0.8, 0, 1.0, 3, api_name="/generate")
         assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 50, log.read_text()
+        if setup != "with-compiler":  # the fallback really ran: nothing was built, and the page says so
+            deadline = time.monotonic() + 120
+            while "staying on PyTorch" not in log.read_text() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert "staying on PyTorch" in log.read_text(), log.read_text()
     finally:
         stop_app(process)
-    if not compiler:  # the fallback really ran: nothing was built
+    if setup != "with-compiler":
         assert not list(folders["torch_extensions"].rglob("*.so")), log.read_text()
+    if setup == "failing-compiler":
+        assert "C++ decode step could not be built" in log.read_text() and "--version" not in log.read_text()
+    if setup == "zero-gpu":
+        records = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+        assert records == [{"imported": True, "after": []}, {"decorated": "train_on_gpu"}]
