@@ -144,6 +144,22 @@ def test_a_gpu_call_cut_short_keeps_what_was_learned(stand_in, tmp_path, monkeyp
     assert not (tmp_path / "run" / "checkpoint.safetensors").exists()
 
 
+def test_a_gpu_call_cut_short_before_any_checkpoint_says_nothing_was_kept(tmp_path):
+    def preempted(config_json, data_path, out_dir):
+        yield {"event": "start", "params": 1000, "vocab_size": 10, "minutes": 0.5, "device": "cuda"}
+        yield {"event": "step", "step": 40, "loss": 2.5, "elapsed_s": 2.0, "progress": 0.07}
+        raise RuntimeError("GPU task aborted\n(preempted)")
+
+    job = zerogpu.GpuTrainingJob(preempted, tiny_recipe(0.5), tmp_path / "text.txt", tmp_path)
+    events = job.events()
+    assert [next(events)["event"], next(events)["event"]] == ["start", "step"]  # shown as they came
+    with pytest.raises(TrainingError) as lost:
+        next(events)
+    assert str(lost.value).startswith(
+        "ZeroGPU ended the training at step 40, before it saved anything: GPU task aborted. ZeroGPU gives each visitor"
+    )
+
+
 @pytest.mark.slow
 def test_the_train_tab_reports_a_refused_gpu_call_and_the_queue_moves_on(stand_in, tmp_path, monkeypatch):
     models = VisitorModels(tmp_path / "models")
