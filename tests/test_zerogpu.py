@@ -25,7 +25,8 @@ STAND_IN = '''
 """A stand-in for Hugging Face's `spaces` package: records imports, decorations and calls. Each call
 does what SPACES_STAND_IN_MODE says: "succeed" (the default), "refuse" (as ZeroGPU refuses a duration
 or quota it cannot grant: before anything runs) or "abort" (as ZeroGPU cuts a call short: after the
-first step event, the function's generator is closed and the call raises)."""
+first step event, the function's generator is closed and the call raises). The errors are the ones
+`spaces` 0.51.3 raises: gradio.Error with ZeroGPU's message."""
 import json, os, sys
 
 def _record(**event):
@@ -51,7 +52,8 @@ def GPU(duration=60):
                 for event in events:
                     yield event
                     if mode == "abort" and event["event"] == "step":
-                        raise RuntimeError("GPU task aborted")
+                        import gradio
+                        raise gradio.Error("GPU task aborted", title="ZeroGPU worker error")
             finally:
                 events.close()
         return on_gpu
