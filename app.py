@@ -21,6 +21,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000000")
 # PyTorch's idle OpenMP workers sleep instead of spinning after each small operation of the decode
 # loop, leaving the second core to the C++ step's second thread (read when torch is imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# On a ZeroGPU Space, `spaces` patches how PyTorch sets CUDA up, so it is imported before torch and
+# Gradio (tinygpt.hub.zerogpu.enabled reads the same variable).
+if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("", "0", "false"):
+    import spaces  # noqa: F401
 
 import argparse
 import gc
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     training = None
     if not args.no_train:  # on a ZeroGPU Space each training runs on a GPU slice (tinygpt.hub.zerogpu)
         job = zerogpu.gpu_training() if zerogpu.enabled() else TrainingJob
-        training = TrainSettings(max_minutes=args.max_train_minutes, job=job)
+        training = TrainSettings(max_minutes=zerogpu.max_minutes(args.max_train_minutes), job=job)
     demo = build_demo(engine, folder, training)
     share = args.share and share_service_reachable()
     if args.share and not share:

@@ -18,7 +18,7 @@ FRONT = {"tinygpt", "tinygpt.evaluate", "tinygpt.generate"}  # the public API an
 # Third-party packages that belong to one part of the project only: (package, where it may be imported).
 CONFINED = {
     "gradio": ("tinygpt/web/", "app.py"),
-    "spaces": ("tinygpt/hub/",),
+    "spaces": ("tinygpt/hub/", "app.py"),  # app.py: first of all, on ZeroGPU
     "huggingface_hub.HfApi": ("tinygpt/hub/",),  # uploading: deploying only (reading from the Hub is allowed)
 }
 

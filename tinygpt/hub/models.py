@@ -3,7 +3,10 @@
     python train.py --push-to-hub USER/NAME           # train, then upload OUT as a model repo
     python -m tinygpt.hub push weights USER/NAME      # upload a weights folder that already exists
     python app.py --model USER/NAME                   # any --model option also takes a Hub repo
-    python -m tinygpt.hub space USER/NAME             # deploy the demo as a Space (tinygpt.space)
+    python -m tinygpt.hub space USER/NAME             # deploy the demo as a Space (tinygpt.hub.space)
+
+Exit status: 0 done, 2 nothing was published (a bad name, broken weights, no token, no network), 3 the
+Space was uploaded but did not come up (its build or start failed, or it took longer than --wait-minutes).
 
 TinyGPT is the model with huggingface_hub's PyTorchModelHubMixin, so TinyGPT.from_pretrained,
 save_pretrained and push_to_hub work too. Nothing here runs unless asked: by default everything
@@ -68,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     space_cmd.add_argument("--private", action="store_true", help="a private Space (when it is created)")
     space_cmd.add_argument("--weights", type=Path, default=WEIGHTS_DIR, metavar="DIR",
                            help="the weights folder the page serves (default: the shipped weights/)")  # fmt: skip
-    space_cmd.add_argument("--hardware", choices=sorted(space.HARDWARE), default="cpu",
-                           help="cpu: CPU basic; zero-gpu: ZeroGPU, where the Train tab trains on the GPU")  # fmt: skip
+    space_cmd.add_argument("--hardware", choices=sorted(space.HARDWARE), default=space.DEFAULT_HARDWARE,
+                           help="zero-gpu (default; free accounts may host it): ZeroGPU, where the Train tab trains "
+                                "on the GPU; cpu: CPU basic (a paid plan creates it)")  # fmt: skip
+    space_cmd.add_argument("--no-wait", action="store_true",
+                           help="print the Space's URL once uploaded, without waiting until it runs")  # fmt: skip
+    space_cmd.add_argument("--wait-minutes", type=float, default=30, metavar="N",
+                           help="how long to wait for the Space to build and start (default: 30)")  # fmt: skip
     space_cmd.add_argument("--stage", type=Path, metavar="DIR",
                            help="only write the Space's folder to DIR and list it; nothing is uploaded")  # fmt: skip
     args = parser.parse_args(argv)
@@ -83,7 +91,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{(args.stage / name).stat().st_size:>12,}  {name}")
             print(f"{sum((args.stage / name).stat().st_size for name in files):>12,}  total, in {args.stage}")
         else:
-            print(space.upload(args.repo_id, args.private, args.weights, args.hardware))
+            url, commit = space.upload(args.repo_id, args.private, args.weights, args.hardware)
+            print(url, flush=True)
+            if not args.no_wait:
+                space.wait_until_running(args.repo_id, commit, timeout_s=60 * args.wait_minutes,
+                                         say=lambda line: print(line, flush=True))  # fmt: skip
+                print(f"running: {url}")
+    except space.SpaceDownError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     except Exception as err:  # network, auth and broken weights all end up here; say what happened
         print(f"error: {err}", file=sys.stderr)
         return 2

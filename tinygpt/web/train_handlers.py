@@ -124,6 +124,8 @@ class TrainHandlers:
                 return
             models.keep(session, VisitorModel(folder, load_model(folder).eval(), summary))
             how = "stopped" if summary.get("stopped") else "trained"
+            if "interrupted" in summary:  # a GPU call cut short (tinygpt.hub.zerogpu): what it had learned is kept
+                how = f"stopped by ZeroGPU ({summary['interrupted']})"
             fraction, line = 1.0, (f"{how}: {summary['steps']} steps in {clock(summary['elapsed_s'])}, "
                                    f"validation loss {summary['val_loss']:.4f}")  # fmt: skip
             yield update(summary["val_loss"], str(pack(folder)))
