@@ -35,7 +35,7 @@ import gradio as gr  # noqa: E402
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from tinygpt import zerogpu  # noqa: E402
+from tinygpt import http_api, zerogpu  # noqa: E402
 from tinygpt.backends import BACKENDS, CppBackend, TorchBackend, extension, load_backend  # noqa: E402
 from tinygpt.checkpoint import CARD_FILE, WEIGHTS_DIR, load_model, resolve  # noqa: E402
 from tinygpt.cpus import usable_cpus  # noqa: E402
@@ -346,8 +346,9 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
               file=sys.stderr)  # fmt: skip
     demo.queue(max_size=QUEUE_SIZE)
+    api = http_api.routes(engine, http_api.model_name(args.model), QUEUE_SIZE, STREAM_INTERVAL_S)  # /v1/..., /health
     demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME, prevent_thread_lock=True,
-                max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
+                max_file_size=training.max_upload_bytes if training else None, app_kwargs={"routes": api})  # fmt: skip
     # What exists now (the model, Gradio's page: ~400k objects) lives as long as the server: out of the
     # garbage collector's sight, whose full passes over it stopped every stream for ~0.2 s each.
     gc.freeze()
