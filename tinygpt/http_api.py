@@ -9,8 +9,8 @@ puts them ahead of Gradio's own, also on a Space, where the Space runs app.py an
 
 The request's checks are the page's (`tinygpt.generate`), each answered as 400 naming its field in
 OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`; unknown fields are ignored.
-Waiting requests are bounded like the page's queue: when the engine already has `queue_size`
-generations waiting for a row, the answer is 429 at once. A client that goes away frees its rows at
+Waiting requests are bounded like the page's queue: a request whose rows would make more than
+`queue_size` generations wait for a row is answered 429 at once. A client that goes away frees its rows at
 the engine's next step. Characters are the model's tokens, so usage counts characters; docs/http_api.md
 shows it used with curl and with the `openai` package.
 """
@@ -295,7 +295,7 @@ def routes(engine: Engine, model: str, queue_size: int, interval_s: float = 0.05
             return err.response()
         try:
             completion = parse_completion(body, tokenizer)
-            if engine.waiting + len(completion.sequences) > queue_size:
+            if engine.running + engine.waiting + len(completion.sequences) > engine.max_batch + queue_size:
                 raise ApiError(429, f"the server is busy: {engine.waiting} generations wait for a place; try again "
                                "shortly", kind="rate_limit_error")  # fmt: skip
         except ApiError as err:
