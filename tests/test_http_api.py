@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 import pytest
 import torch
 from gradio_client import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openai import BadRequestError, OpenAI
 
 from app import QUEUE_SIZE, build_demo
@@ -212,6 +214,37 @@ def test_bad_input_is_answered_with_an_error_naming_the_field(page, body, status
     assert got == status
     assert set(data["error"]) == {"message", "type", "param", "code"} and data["error"]["param"] == param
     assert data["error"]["type"] == "invalid_request_error" and data["error"]["message"]
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=5,
+)
+FIELDS = ["prompt", "max_tokens", "temperature", "top_k", "top_p", "seed", "n", "stop", "stream", "stream_options"]
+PLAUSIBLE = {"prompt": st.text(max_size=30), "max_tokens": st.integers(-2, 40), "n": st.integers(-1, 5),
+             "temperature": st.floats(-1, 3), "top_p": st.floats(-0.5, 1.5), "top_k": st.integers(-3, 70),
+             "seed": st.integers(-5, 2**32), "stop": st.lists(st.text(max_size=3), max_size=5) | st.text(max_size=3),
+             "stream": st.booleans(), "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+             }  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.fixed_dictionaries({}, optional={name: PLAUSIBLE[name] | JSON for name in FIELDS}))
+def test_any_json_request_gets_its_text_or_a_clear_error(page, body):
+    url, _, _ = page
+    connection, response = post(url, body)
+    data = response.read()
+    connection.close()
+    assert response.status in (200, 400, 429) and b"Traceback" not in data
+    if response.status != 200:
+        error = json.loads(data)["error"]
+        assert error["message"] and error["param"] in (None, *FIELDS)
+    elif body.get("stream") is True:
+        assert data.rstrip().endswith(b"data: [DONE]")
+    else:
+        limit = 16 if body.get("max_tokens") is None else body["max_tokens"]  # OpenAI's default
+        assert all(len(choice["text"]) <= limit for choice in json.loads(data)["choices"])
 
 
 def test_unknown_fields_and_nulls_are_ignored(page):
