@@ -35,12 +35,13 @@ import torch
 
 from tinygpt.files.checkpoint import WEIGHTS_DIR, load_model, resolve
 from tinygpt.hub import zerogpu
+from tinygpt.serving import http_api
 from tinygpt.serving.backends import BACKENDS, TorchBackend, load_backend
 from tinygpt.serving.cpus import usable_cpus
 from tinygpt.serving.engine import DEFAULT_MAX_BATCH, Engine
 from tinygpt.serving.server import resident_memory_mb, seconds_since_start, switch_to_cpp
 from tinygpt.training.playground import TrainingJob
-from tinygpt.web.page import QUEUE_SIZE, THEME, build_demo, share_service_reachable
+from tinygpt.web.page import QUEUE_SIZE, STREAM_INTERVAL_S, THEME, build_demo, share_service_reachable
 from tinygpt.web.train_handlers import TrainSettings
 
 
@@ -99,9 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.share and not share:
         print("warning: --share needs the internet, and gradio.live cannot be reached: serving the local URL only",
               file=sys.stderr)  # fmt: skip
+    api = http_api.routes(engine, http_api.model_name(args.model), QUEUE_SIZE, STREAM_INTERVAL_S)  # /v1/..., /health
     demo.queue(max_size=QUEUE_SIZE)
     demo.launch(server_name=args.host, server_port=args.port, share=share, theme=THEME, prevent_thread_lock=True,
-                max_file_size=training.max_upload_bytes if training else None)  # fmt: skip
+                max_file_size=training.max_upload_bytes if training else None, app_kwargs={"routes": api})  # fmt: skip
     # What exists now (the model, Gradio's page: ~400k objects) lives as long as the server: out of the
     # garbage collector's sight, whose full passes over it would pause every stream (benchmarks/load.py).
     gc.freeze()

@@ -3,6 +3,7 @@
     python benchmarks/load.py                      # shipped weights, 32 clients x 4 requests x 200 characters
     python benchmarks/load.py --queue-overflow     # then more requests at once than the page takes in
     python benchmarks/load.py --served-before 10000  # each page first serves 10,000 short requests
+    python benchmarks/load.py --v1                 # /v1, Gradio's API, one at a time, the engine alone
 
 Runs app.py on a free port as shipped (the batching engine, default --max-batch) and with
 --max-batch 1 (one generation at a time, no batching), one at a time, each started afresh for
@@ -28,6 +29,13 @@ load meets a page that has been up a while: whatever the server keeps per reques
 its record of past requests) has piled up. Reported as served_before (server CPU per request, memory
 after), one entry per round.
 
+--v1 runs, instead, four loads side by side in rounds (which goes first rotates): the same clients
+streaming from /v1/completions (tinygpt.serving.http_api: one request each, every event only the new text)
+on the shipped page; Gradio's API on the shipped page; Gradio's API on the one-at-a-time page
+(--max-batch 1); and the engine itself with the page's backend, driven from this process's event
+loop with no HTTP at all, whose characters/s is the ceiling the others are a fraction of. It prints a
+table of the four (stderr) before the JSON.
+
 --queue-overflow adds a phase against the shipped page: max-batch + QUEUE_SIZE + 32 requests at the
 same instant. The page runs max-batch and queues QUEUE_SIZE; the rest must get gradio's "Queue is
 full" error at once, not hang, and the accepted ones must still complete well-formed. The last line
@@ -37,6 +45,7 @@ is one JSON object; the exit status is 1 if any check failed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import json
@@ -48,7 +57,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -205,9 +214,46 @@ def one_request(
         results.bad(repr(text)[:200])
 
 
-def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, timeout: float) -> tuple[Results, float]:
-    """`clients` threads, each with its own HTTP connection, all starting together; returns the results
-    and wall time."""
+def one_v1_request(
+    connection: http.client.HTTPConnection, prompt: str, chars: int, seed: int, vocab: str, results: Results
+) -> None:
+    """One streamed /v1/completions call (tinygpt.serving.http_api): one request, its events each the new text."""
+    start = time.perf_counter()
+    first_char, text = None, prompt
+    try:
+        body = {"prompt": prompt, "max_tokens": chars, "temperature": 0.8, "top_p": 1.0, "seed": seed, "stream": True}
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        stream = connection.getresponse()
+        if stream.status != 200:
+            raise RuntimeError(f"HTTP {stream.status}: {stream.read()[:200]!r}")
+        while line := stream.readline().decode():
+            if not line.startswith("data: "):
+                continue
+            if line.startswith("data: [DONE]"):
+                break
+            event = json.loads(line[len("data: ") :])
+            if "error" in event:
+                raise RuntimeError(str(event["error"])[:200])
+            text += event["choices"][0]["text"]
+            if first_char is None and len(text) > len(prompt):
+                first_char = time.perf_counter() - start
+        stream.read()  # the end of the chunked body, so the connection can carry the next request
+    except Exception as err:  # a timeout (a hang) counts too
+        connection.close()
+        results.error(time.perf_counter() - start, f"{type(err).__name__}: {err}")
+        return
+    if well_formed(text, prompt, chars, vocab):
+        results.ok(time.perf_counter() - start, first_char)
+    else:
+        results.bad(repr(text)[:200])
+
+
+def run_phase(
+    url: str, clients: int, requests: int, chars: int, vocab: str, timeout: float, request: Callable = one_request
+) -> tuple[Results, float]:
+    """`clients` threads, each with its own HTTP connection, all starting together, each sending
+    `requests` requests one after another (`request`: Gradio's API or /v1); returns the results and
+    wall time."""
     address = urlsplit(url)
     connected = [http.client.HTTPConnection(address.hostname, address.port, timeout=timeout) for _ in range(clients)]
     start_line = threading.Barrier(clients + 1)
@@ -217,7 +263,7 @@ def run_phase(url: str, clients: int, requests: int, chars: int, vocab: str, tim
         start_line.wait()
         for j in range(requests):
             prompt = PROMPTS[(i + j) % len(PROMPTS)]
-            one_request(connected[i], prompt, chars, 1000 * i + j, vocab, results)
+            request(connected[i], prompt, chars, 1000 * i + j, vocab, results)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for thread in threads:
@@ -284,10 +330,13 @@ def serve_before(url: str, pid: int, requests: int, vocab: str, timeout: float, 
 
 
 class Page:
-    """app.py with one --max-batch: started afresh for each round of the load, and what the rounds measured."""
+    """app.py with one --max-batch, loaded through one API (`request`): started afresh for each round of
+    the load, and what the rounds measured."""
 
-    def __init__(self, max_batch: int) -> None:
-        self.report: dict = {"max_batch": max_batch}
+    def __init__(self, max_batch: int, request: Callable = one_request) -> None:
+        self.request = request
+        self.report: dict = {"max_batch": max_batch, "api": "/v1/completions" if request is one_v1_request else
+                             "gradio /generate"}  # fmt: skip
         self.rounds: list[tuple[Results, float]] = []
         self.server_cpu_s: float | None = 0.0
         self.clients_cpu_s = 0.0
@@ -316,7 +365,8 @@ class Page:
         """One round of the load on a fresh app.py, and the CPU it took: the page's process and the clients."""
         with self.started(args, vocab, args.served_before) as (process, url):
             server_cpu, clients_cpu = cpu_seconds(process.pid), time.process_time()
-            self.rounds.append(run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout))
+            load = (url, args.clients, args.requests, args.chars, vocab, args.timeout, self.request)
+            self.rounds.append(run_phase(*load))
             server_cpu_after = cpu_seconds(process.pid)
             self.clients_cpu_s += time.process_time() - clients_cpu
             self.report["rss_mb_after"] = resident_mb(process.pid)
@@ -361,6 +411,100 @@ def overflow(args: argparse.Namespace, page: Page, vocab: str) -> dict:
     return report
 
 
+ENGINE_INTERVAL_S = 0.05  # app.py's STREAM_INTERVAL_S: how often a stream takes its new characters
+
+
+class EngineInProcess:
+    """The page's engine and backend (the C++ step on every CPU, PyTorch on one thread, as app.py
+    settles) driven by the same load from this process's event loop: no HTTP, no web server. What
+    the pages deliver is measured against it."""
+
+    def __init__(self, model: str) -> None:
+        from tinygpt.files.checkpoint import load_model
+        from tinygpt.model.tokenizer import CharTokenizer
+        from tinygpt.serving.backends import CppBackend, TorchBackend, extension
+        from tinygpt.serving.cpus import usable_cpus
+        from tinygpt.serving.engine import Engine
+
+        weights = load_model(resolve(model))
+        backend = CppBackend(weights, usable_cpus()) if extension() is not None else TorchBackend(weights)
+        self.engine = Engine(backend, DEFAULT_MAX_BATCH)
+        self.tokenizer = CharTokenizer(weights.config.vocab)
+        self.report: dict = {"backend": backend.name, "api": "none: the engine in this process"}
+        self.rounds: list[tuple[Results, float]] = []
+
+    def load(self, args: argparse.Namespace, vocab: str) -> None:
+        from tinygpt.serving.generate import start
+
+        results = Results()
+
+        async def client(i: int) -> None:
+            for j in range(args.requests):
+                prompt = PROMPTS[(i + j) % len(PROMPTS)]
+                began, first_char = time.perf_counter(), None
+                text, (sequence,) = start(self.tokenizer, prompt, args.chars, 0.8, 1000 * i + j, 0, 1.0)
+                async for tokens in self.engine.generate(sequence, ENGINE_INTERVAL_S):
+                    text += "".join(vocab[token.token] for token in tokens)
+                    first_char = first_char or time.perf_counter() - began
+                if well_formed(text, prompt, args.chars, vocab):
+                    results.ok(time.perf_counter() - began, first_char)
+                else:
+                    results.bad(repr(text)[:200])
+
+        async def crowd() -> float:
+            began = time.perf_counter()
+            await asyncio.gather(*(client(i) for i in range(args.clients)))
+            return time.perf_counter() - began
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as app.py with the C++ step: sampling on one thread
+        try:
+            asyncio.run(crowd())  # warm up: the first steps of a fresh engine are slower
+            results = Results()
+            self.rounds.append((results, asyncio.run(crowd())))
+        finally:
+            torch.set_num_threads(threads)
+
+    def summary(self, chars: int) -> dict:
+        report = self.report | rounds_summary(self.rounds, chars)
+        report["passed"] = not report["errors"] and not report["malformed"]
+        return report
+
+
+def side_by_side(args: argparse.Namespace, vocab: str, report: dict) -> int:
+    """--v1: the load over /v1 (streamed), over Gradio's API, on the one-at-a-time page, and the engine
+    in-process, in rounds (which goes first rotates); prints a table (stderr) and the JSON report."""
+    contenders = {
+        "/v1 streaming (batched page)": Page(args.max_batch, one_v1_request),
+        "Gradio API (batched page)": Page(args.max_batch),
+        "one at a time (--max-batch 1, Gradio API)": Page(1),
+        "engine in-process, no HTTP": EngineInProcess(args.model),
+    }
+    names = list(contenders)
+    load = f"{args.clients} x {args.requests} x {args.chars} chars"
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            print(f"round {r + 1}, {name}: {load} ...", file=sys.stderr)
+            contenders[name].load(args, vocab)
+    summaries = {name: contender.summary(args.chars) for name, contender in contenders.items()}
+    ceiling = summaries[names[-1]]["chars_per_s"]
+    one_at_a_time = summaries[names[2]]["chars_per_s"]
+    rows = ["| load | characters/s | p95 latency (s) | first character p95 (s) | of the engine's | x one at a time |",
+            "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, summary in summaries.items():
+        summary["fraction_of_engine"] = round(summary["chars_per_s"] / max(ceiling, 1e-9), 3)
+        summary["x_one_at_a_time"] = round(summary["chars_per_s"] / max(one_at_a_time, 1e-9), 2)
+        rows.append(f"| {name} | {summary['chars_per_s']:,.0f} | {summary['latency_s']['p95']} | "
+                    f"{summary['first_char_p95_s']} | {summary['fraction_of_engine']:.0%} | "
+                    f"{summary['x_one_at_a_time']} |")  # fmt: skip
+    print("\n".join(rows), file=sys.stderr)
+    report["side_by_side"] = summaries
+    report["load_average_after"] = load_average()
+    report["passed"] = all(summary["passed"] for summary in summaries.values())
+    print(json.dumps(report))
+    return 0 if report["passed"] else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (threads)")
@@ -375,6 +519,9 @@ def main() -> int:
                         "requests to each page (one that has been up a while), then the load")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="runs of the load on each page, the pages taking turns")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a request counts as hung")
+    parser.add_argument("--v1", action="store_true", help="instead: the load over /v1/completions (streamed), "
+                        "over Gradio's API, on the one-at-a-time page, and the engine in this process with no "
+                        "HTTP, side by side (the rounds rotate which goes first)")  # fmt: skip
     args = parser.parse_args()
 
     vocab = read_config(resolve(args.model) / CONFIG_FILE).vocab
@@ -383,6 +530,8 @@ def main() -> int:
     report["load"] = {"clients": args.clients, "requests_per_client": args.requests, "chars": args.chars}
     report["matmul_gflops_per_s"] = round(matmul_gflops(), 1)
     report["ceiling_chars_per_s"] = round(report["matmul_gflops_per_s"] * 1e9 / flops_per_char(args.model))
+    if args.v1:
+        return side_by_side(args, vocab, report)
     pages = {"batched": Page(args.max_batch), "batching_off": Page(1)}
     load = f"{args.clients} x {args.requests} x {args.chars} chars"
     for r in range(args.rounds):

@@ -124,6 +124,16 @@ class Engine:
     def backend(self) -> Backend:
         return self._next_backend or self.decoder.backend
 
+    @property
+    def running(self) -> int:
+        """Generations in the batch now."""
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        """Generations waiting for a row."""
+        return len(self._waiting)
+
     def use(self, backend: Backend) -> None:
         """Decode with `backend` from the next step on."""
         with self._wake:
