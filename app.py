@@ -42,6 +42,7 @@ from tinygpt.cpus import usable_cpus  # noqa: E402
 from tinygpt.engine import DEFAULT_MAX_BATCH, Engine  # noqa: E402
 from tinygpt.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start  # noqa: E402
 from tinygpt.gradio_sessions import start_sessions_lean  # noqa: E402
+from tinygpt.held import add_held_api  # noqa: E402
 from tinygpt.model import GPT  # noqa: E402
 from tinygpt.playground import TrainingJob  # noqa: E402
 from tinygpt.tokenizer import CharTokenizer  # noqa: E402
@@ -214,9 +215,10 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
                         label="Confidence", show_legend=False, scale=3, elem_id="confidence"
                     )
                     candidates = gr.Label(label="Top-10 candidates", num_top_classes=10, scale=1, elem_id="candidates")
+        models = None
         if training:
             with gr.Tab("Train"):
-                build_train_tab(demo, training)
+                models = build_train_tab(demo, training)
         with gr.Tab("Model"):
             gr.Markdown(model_card_text(folder) if folder else "")
             curve = folder / "loss_curve.png" if folder else None
@@ -246,6 +248,7 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
         stop.click(None, cancels=[event])
         confidence.select(candidates_at, inputs=trace, outputs=candidates, api_visibility="private")
         gr.api(make_generate(engine), api_name="generate", concurrency_limit=engine.max_batch, concurrency_id="model")
+        add_held_api(engine, models)  # /held: counts for load tests (tinygpt.held)
     start_sessions_lean(demo)  # an API call is a new session: it should not copy the whole page's config
     return demo
 

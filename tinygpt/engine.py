@@ -114,6 +114,8 @@ class Engine:
         self._waiting: collections.deque[Request] = collections.deque()
         self._active: dict[Sequence, Request] = {}
         self._next_backend: Backend | None = None
+        # The most sequences one step has decoded together: how much of the batch the page really uses.
+        self.most_running = 0
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tinygpt-engine", daemon=True)
@@ -147,6 +149,10 @@ class Engine:
     def pace(self, interval: float) -> float:
         """`interval`, stretched in proportion to the generations running beyond STREAM_CROWD."""
         return interval * max(1.0, len(self._active) / STREAM_CROWD)
+
+    def held(self) -> dict[str, int]:
+        """What the engine holds now: cache rows in use, requests waiting for one; and `most_running`."""
+        return {"rows": len(self.decoder.sequences), "waiting": len(self._waiting), "most_running": self.most_running}
 
     def close(self) -> None:
         """Stop the loop after the current step; requests still running end with an error."""
@@ -189,6 +195,7 @@ class Engine:
             if not request.cancelled:
                 self.decoder.add(request.sequence)
                 self._active[request.sequence] = request
+        self.most_running = max(self.most_running, len(self._active))
         for token in self.decoder.step():
             request = self._active[token.sequence]
             request.put(token)

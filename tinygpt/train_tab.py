@@ -43,6 +43,11 @@ from tinygpt.tokenizer import CharTokenizer
 
 UPDATE_INTERVAL_S = 0.5  # send the growing curve to the browser at most this often
 STREAM_INTERVAL_S = 0.05  # and generated text, as the Write tab does
+# Each kind of work has a concurrency group of its own. Gradio gives a group the lowest limit of the
+# events in it, so an event sharing the Write tab's group would cap every generation of the page.
+TRAIN_GROUP = "train"  # one training at a time: each takes a CPU for minutes
+TRAINED_GROUP = "trained_model"  # generations with visitors' own models, each on a worker thread
+TRAINED_GENERATIONS = 4
 
 
 @dataclass(frozen=True)
@@ -69,9 +74,9 @@ def no_model_error() -> gr.Error:
     return gr.Error("there is no trained model in this session yet: train one first", print_exception=False)
 
 
-def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorModels | None = None) -> None:
+def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorModels | None = None) -> VisitorModels:
     """The tab's components and events, inside the caller's `with gr.Tab(...)`; `demo` gets the
-    unload event that frees the session's model. The trained models are kept in `models`."""
+    unload event that frees the session's model. The trained models are kept in `models` (returned)."""
     if models is None:
         models = VisitorModels()
         atexit.register(models.close)
@@ -100,6 +105,7 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
         yield update()
         job = settings.job(config, data, folder)
         models.jobs[session] = job
+        kept = False
         try:
             for event in job.events():
                 kind = event["event"]
@@ -123,6 +129,7 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
             if models.jobs.get(session) is not job:  # the page was closed meanwhile (unload dropped the job)
                 return
             models.keep(session, VisitorModel(folder, load_model(folder).eval(), summary))
+            kept = True
             how = "stopped" if summary.get("stopped") else "trained"
             fraction, line = 1.0, (f"{how}: {summary['steps']} steps in {clock(summary['elapsed_s'])}, "
                                    f"validation loss {summary['val_loss']:.4f}")  # fmt: skip
@@ -130,11 +137,12 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
         except (InputError, TrainingError) as err:
             raise gr.Error(str(err), print_exception=False) from None
         finally:
-            closed = models.jobs.get(session) is not job
-            if not closed:
+            if models.jobs.get(session) is job:
                 del models.jobs[session]
+            if not kept:  # it failed, or its visitor left (the page closed, the stream dropped): nobody will use it
+                job.abandon()
             job.close()
-            if closed:  # nobody is left to use what it trained
+            if not kept:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def stop(request: gr.Request) -> None:
@@ -224,13 +232,14 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
     example.click(lambda: load_text(DEFAULT_DATA), None, text, api_visibility="private")
     # One training at a time (the queue shows the others their place); Stop is answered at once.
     train_button.click(train, [text, minutes], [progress, curve, sample, val_loss, download], api_name="train",
-                       concurrency_limit=1, concurrency_id="train", show_progress="minimal",
+                       concurrency_limit=1, concurrency_id=TRAIN_GROUP, show_progress="minimal",
                        show_progress_on=[progress])  # fmt: skip
     stop_button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
     write_button.click(generate_trained, [prompt, max_new_tokens, temperature], written, api_name="generate_trained",
-                       concurrency_limit=1, concurrency_id="model")  # fmt: skip
+                       concurrency_limit=TRAINED_GENERATIONS, concurrency_id=TRAINED_GROUP)  # fmt: skip
 
     def forget(request: gr.Request) -> None:  # the visitor closed or reloaded the page
         models.drop(request.session_hash)
 
     demo.unload(forget)
+    return models
