@@ -25,6 +25,7 @@ from tinygpt.config import GPTConfig
 from tinygpt.engine import Engine
 from tinygpt.held import held
 from tinygpt.model import GPT
+from tinygpt.playground import MAX_UPLOAD_BYTES
 from tinygpt.train_tab import TRAINED_GENERATIONS, TRAINED_GROUP, TrainSettings
 
 AT_ONCE = 8  # generations started together
@@ -109,10 +110,14 @@ def stream_events(response: http.client.HTTPResponse):
             yield event, json.loads(line[len("data: ") :])
 
 
+def connect(url: str) -> http.client.HTTPConnection:
+    address = urlsplit(url)
+    return http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+
+
 def call(url: str, api_name: str, data: list, session_hash: str | None = None) -> tuple:
     """Start an API call over plain HTTP: (its connection, its stream of (event, data))."""
-    address = urlsplit(url)
-    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    connection = connect(url)
     body = json.dumps({"data": data, **({"session_hash": session_hash} if session_hash else {})})
     connection.request("POST", f"/gradio_api/call/{api_name}", body, {"Content-Type": "application/json"})
     event_id = json.loads(connection.getresponse().read())["event_id"]
@@ -147,8 +152,7 @@ def test_a_training_whose_visitor_leaves_is_killed_and_its_folder_deleted(train_
     # Gradio notices a closed page when its next heartbeat fails to go out: every second here, 15 s by default.
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "1")
     session = f"leaving-{closed}"
-    address = urlsplit(url)
-    heartbeat = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    heartbeat = connect(url)
     heartbeat.request("GET", f"/gradio_api/heartbeat/{session}")
     beats = heartbeat.getresponse()
     assert beats.readline().startswith(b"data: ALIVE")
@@ -167,3 +171,16 @@ def test_a_training_whose_visitor_leaves_is_killed_and_its_folder_deleted(train_
     assert job.process.returncode == -signal.SIGKILL  # killed, not left to score and save a model nobody gets
     assert session not in models.jobs and models.get(session) is None
     connection.close(), heartbeat.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("size", "status"), [(MAX_UPLOAD_BYTES, 200), (MAX_UPLOAD_BYTES + 1, 413)])
+def test_app_refuses_an_upload_over_the_train_tabs_limit_before_reading_it(server, size, status):
+    boundary = "tinygpt-test-boundary"
+    head = f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.txt"\r\n\r\n'
+    body = head.encode() + b"a" * size + f"\r\n--{boundary}--\r\n".encode()
+    connection = connect(server)
+    form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    connection.request("POST", "/gradio_api/upload", body, form)
+    assert connection.getresponse().status == status
+    connection.close()
