@@ -149,7 +149,7 @@ def test_a_generation_whose_client_goes_away_leaves_the_batch(page):
 @pytest.mark.parametrize("closed", ["page", "stream"])
 def test_a_training_whose_visitor_leaves_is_killed_and_its_folder_deleted(train_server, monkeypatch, closed):
     url, models = train_server
-    # Gradio notices a closed page when its next heartbeat fails to go out: every second here, 15 s by default.
+    # Behind a proxy Gradio may notice a closed tab only at its next heartbeat (15 s by default): every second here.
     monkeypatch.setenv("GRADIO_HEARTBEAT_INTERVAL", "1")
     session = f"leaving-{closed}"
     heartbeat = connect(url)

@@ -3,7 +3,9 @@
 One background thread owns the model's Decoder (`tinygpt.generate`) and loops: let waiting requests
 join (each is prefilled into a free cache row), then one step, which gives every active sequence
 its next character in one batched forward pass, then hand each character to its request. A
-finished or cancelled request leaves at the next step boundary and frees its row; beyond
+finished or cancelled request leaves at the next step boundary and frees its row (a client that
+goes away: Gradio sees its connection close, stops its event at the next update, at most
+`pace(interval)` later, and closes the stream, which cancels the request); beyond
 `max_batch` requests wait their turn. At batch 1 a step reads every weight to make one character;
 the same reads serve all the sequences of a batch, so the machine's throughput grows with the batch
 while each person's pace slows only a little. On a crowded engine each stream takes its new

@@ -13,7 +13,12 @@ Read top to bottom:
                        keeps the normal CPU priority: at the lowest (nice 19) a machine busy with
                        other work starved it (23 steps in a minute, against 255; README);
   VisitorModels      - each session's trained model, freed when the session closes; a training
-                       whose session closes is killed then (nobody is left to use its model);
+                       whose session closes is killed then (nobody is left to use its model):
+                       Gradio runs the page's unload as soon as the tab's connection closes,
+                       and SIGKILL frees the process's memory at once; the Train tab deletes
+                       its folder when its stream ends, at once after the kill (or, when the
+                       stream drops first, at its next update: every UPDATE_INTERVAL_S while it
+                       trains);
   pack               - the download: one zip of model.safetensors, config.json and the card.
 """
 
