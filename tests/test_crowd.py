@@ -161,14 +161,18 @@ def test_a_training_whose_visitor_leaves_is_killed_and_its_folder_deleted(train_
         if event == "generating" and "step " in data[0]:  # a 30-second run is under way
             break
     job = models.jobs[session]
+    shown = []  # what the stream shows afterwards
     if closed == "page":  # the tab closed: the page's unload event drops the session
         heartbeat.close()
-        reader = threading.Thread(target=lambda: list(events), daemon=True)  # the stream then ends in an error
+        reader = threading.Thread(target=lambda: shown.extend(events), daemon=True)  # it ends in an error
         reader.start()
     else:  # the stream dropped while the page is open: its generator is closed at its next update
         connection.close()
     assert wait_until(lambda: job.process.poll() is not None and not job.out_dir.exists())
     assert job.process.returncode == -signal.SIGKILL  # killed, not left to score and save a model nobody gets
+    if closed == "page":
+        reader.join(timeout=60)
+        assert shown and not [data for _, data in shown if "scoring the model" in str(data)]
     assert session not in models.jobs and models.get(session) is None
     connection.close(), heartbeat.close()
 
