@@ -40,6 +40,21 @@ table of the four (stderr) before the JSON.
 same instant. The page runs max-batch and queues QUEUE_SIZE; the rest must get gradio's "Queue is
 full" error at once, not hang, and the accepted ones must still complete well-formed. The last line
 is one JSON object; the exit status is 1 if any check failed.
+
+--mixed measures, instead, a page under a mixed crowd against the Write-only crowd of the same run:
+a fresh shipped page runs --crowds Write-only crowds (the load above); then another fresh page
+where TRAINED_VISITORS visitors first train a model each (0.5 minutes) and then --crowds mixed
+crowds, each of them at once: the Write crowd, a quarter of whose clients close each stream after
+its first update; the trained visitors generating with their own models (/generate_trained), each
+--requests times; one visitor training (/train, --train-minutes) from the crowd's start until it
+ends, then closing its tab; and hostile Train-tab traffic: an upload over the size limit, a binary
+file through the upload event, an empty text to train on (each must be refused with a clear
+message). Then the trained visitors leave. Visitors are browser tabs over plain HTTP: a session
+whose heartbeat connection stays open until they leave. It reports, for the well-behaved clients
+(the staying Write clients, the trained visitors, the training), completed, errors, malformed and
+latency p50/p95; Write characters/s against the Write-only crowd; and for the server, read from its
+private /held endpoint (tinygpt.held): the engine rows, trained models and trainings still held
+after everyone left and how long their release took, and the resident memory along the way.
 """
 
 from __future__ import annotations
@@ -57,6 +72,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -68,7 +84,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")  # offline: no calls home
 import torch  # noqa: E402
 
 from tinygpt.files.checkpoint import CONFIG_FILE, WEIGHTS_DIR, read_config, resolve  # noqa: E402
+from tinygpt.files.paths import DEFAULT_DATA  # noqa: E402
 from tinygpt.serving.engine import DEFAULT_MAX_BATCH  # noqa: E402
+from tinygpt.training.data import load_text  # noqa: E402
+from tinygpt.training.playground import MAX_MINUTES, MAX_UPLOAD_BYTES, MIN_MINUTES  # noqa: E402
 
 QUEUE_SIZE = 64  # app.py's QUEUE_SIZE (not imported: that would load gradio's server side)
 PROMPTS = ["ROMEO:\n", "To be, or not to be", "First Citizen:\n", "KING HENRY:\nNow, lords,", "O Romeo, Romeo!"]
@@ -505,6 +524,281 @@ def side_by_side(args: argparse.Namespace, vocab: str, report: dict) -> int:
     return 0 if report["passed"] else 1
 
 
+# --- The mixed crowd ------------------------------------------------------------------------------
+
+TRAINED_VISITORS = 2  # visitors who train first, then generate with their own models through the crowd
+TRAIN_TEXT_CHARS = 100_000  # what each visitor trains on: the start of Tiny Shakespeare
+TRAINED_PROMPT = "First Citizen:\n"
+
+
+def connect(url: str, timeout: float) -> http.client.HTTPConnection:
+    address = urlsplit(url)
+    return http.client.HTTPConnection(address.hostname, address.port, timeout=timeout)
+
+
+def sse(response: http.client.HTTPResponse) -> Iterator[tuple[str | None, object]]:
+    """(event, data) of a Gradio server-sent event stream, as they come."""
+    event = None
+    while line := response.readline().decode():
+        if line.startswith("event: "):
+            event = line[len("event: ") :].strip()
+        elif line.startswith("data: "):
+            yield event, json.loads(line[len("data: ") :])
+
+
+def call(
+    url: str, api_name: str, data: list, timeout: float, session: str | None = None
+) -> tuple[http.client.HTTPConnection, Iterator[tuple[str | None, object]]]:
+    """Start one call through Gradio's HTTP API on a connection of its own: (connection, its events)."""
+    connection = connect(url, timeout)
+    body = json.dumps({"data": data, **({"session_hash": session} if session else {})})
+    connection.request("POST", f"/gradio_api/call/{api_name}", body, {"Content-Type": "application/json"})
+    posted = connection.getresponse()
+    answer = posted.read()
+    if posted.status != 200:
+        raise RuntimeError(f"HTTP {posted.status}: {answer[:200]!r}")
+    connection.request("GET", f"/gradio_api/call/{api_name}/{json.loads(answer)['event_id']}")
+    return connection, sse(connection.getresponse())
+
+
+def final(events: Iterator[tuple[str | None, object]]) -> tuple[str, object]:
+    """A call's last event: ("complete", outputs) or ("error", message)."""
+    for event, data in events:
+        if event in ("complete", "error"):
+            return event, data
+    return "ended", None
+
+
+def held(url: str, timeout: float) -> dict:
+    """The page's /held counts (tinygpt.held): engine rows, trained models, trainings."""
+    connection, events = call(url, "held", [], timeout)
+    with contextlib.closing(connection):
+        event, data = final(events)
+    if event != "complete":
+        raise RuntimeError(f"/held answered {event}: {data!r}")
+    return data[0]
+
+
+class Visitor:
+    """A browser tab, over plain HTTP: a session whose heartbeat connection stays open until it leaves
+    (then Gradio runs the page's unload event, which frees the session's trained model)."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.url, self.timeout, self.session = url, timeout, uuid.uuid4().hex
+        self.connections = [connect(url, timeout)]
+        self.connections[0].request("GET", f"/gradio_api/heartbeat/{self.session}")
+        self.connections[0].getresponse().readline()  # "data: ALIVE"
+
+    def call(self, api_name: str, data: list) -> Iterator[tuple[str | None, object]]:
+        connection, events = call(self.url, api_name, data, self.timeout, self.session)
+        self.connections.append(connection)
+        return events
+
+    def leave(self) -> None:
+        for connection in self.connections:
+            connection.close()
+
+
+def train(visitor: Visitor, text: str, minutes: float) -> str:
+    event, data = final(visitor.call("train", [text, minutes]))
+    if event != "complete":
+        raise RuntimeError(f"a visitor's training ended with {event}: {data!r}")
+    return data[0]
+
+
+def upload(url: str, name: str, content: bytes, timeout: float) -> tuple[int, bytes]:
+    """POST a file to Gradio's upload route: (HTTP status, answer)."""
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: text/plain\r\n\r\n").encode() + content + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    with contextlib.closing(connect(url, timeout)) as connection:
+        form = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        connection.request("POST", "/gradio_api/upload", body, form)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+
+
+def hostile(url: str, timeout: float, refused: list[str], accepted: list[str], waiting: list[threading.Thread]) -> None:
+    """Train-tab traffic that must be refused with a clear message while the page serves the others:
+    an upload over the size limit, a binary file in the upload, an empty text to train on."""
+    status, answer = upload(url, "huge.txt", b"a" * (MAX_UPLOAD_BYTES + 1), timeout)
+    (refused if status == 413 else accepted).append(f"oversized upload: HTTP {status} {answer[:80]!r}")
+    status, answer = upload(url, "image.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 64, timeout)
+    if status == 200:
+        path = json.loads(answer)[0]
+        connection, events = call(url, "upload", [{"path": path, "meta": {"_type": "gradio.FileData"}}], timeout)
+        with contextlib.closing(connection):
+            event, data = final(events)
+        (refused if event == "error" and "UTF-8" in str(data) else accepted).append(f"binary file: {data!r}"[:120])
+    else:
+        accepted.append(f"binary file: upload answered HTTP {status}")
+
+    def empty_text() -> None:  # waits for the running training (one at a time), then is refused at once
+        connection, events = call(url, "train", ["", 1], timeout)
+        with contextlib.closing(connection):
+            event, data = final(events)
+        (refused if event == "error" and "no text" in str(data) else accepted).append(f"empty text: {data!r}"[:120])
+
+    waiting.append(threading.Thread(target=empty_text))
+    waiting[-1].start()
+
+
+def leaving_writer(url: str, requests: int, vocab: str, timeout: float, results: Results) -> None:
+    """A Write client that closes each stream after its first update (a closed tab, a Stop)."""
+    for j in range(requests):
+        start = time.perf_counter()
+        try:
+            connection, events = call(url, "generate", [PROMPTS[j % len(PROMPTS)], 200, 0.8, 0, 1.0, j], timeout)
+            with contextlib.closing(connection):
+                event, data = next((e, d) for e, d in events if e in ("generating", "complete", "error"))
+            if event == "error" or not isinstance(data[0], str) or set(data[0]) - set(vocab):
+                results.bad(repr(data)[:200])
+            else:
+                results.ok(time.perf_counter() - start, None)
+        except Exception as err:
+            results.error(time.perf_counter() - start, f"{type(err).__name__}: {err}")
+
+
+def trained_writer(visitor: Visitor, alphabet: set[str], requests: int, chars: int, results: Results) -> None:
+    """A visitor generating with their own trained model, one request after another."""
+    for _ in range(requests):
+        start = time.perf_counter()
+        try:
+            event, data = final(visitor.call("generate_trained", [TRAINED_PROMPT, chars, 0.8]))
+            if event != "complete":
+                raise RuntimeError(f"{event}: {data!r}"[:200])
+        except Exception as err:
+            results.error(time.perf_counter() - start, f"{type(err).__name__}: {err}")
+            continue
+        text = data[0]
+        fine = isinstance(text, str) and text.startswith(TRAINED_PROMPT) and len(text) == len(TRAINED_PROMPT) + chars
+        if fine and set(text) <= alphabet:
+            results.ok(time.perf_counter() - start, None)
+        else:
+            results.bad(repr(text)[:200])
+
+
+def mixed_crowd(url: str, args: argparse.Namespace, vocab: str, trained: list[Visitor], text: str) -> dict:
+    """The Write crowd (a quarter of it closing each stream after its first update), the trained
+    visitors writing with their models, one visitor training for the whole crowd (leaving with it),
+    and hostile Train-tab traffic, all at once."""
+    trained_results, leavers = Results(), Results()
+    refused, accepted, waiting = [], [], []
+    trainer = Visitor(url, args.timeout)
+    training = trainer.call("train", [text, args.train_minutes])
+    trainer_updates, trainer_errors = [], []
+
+    def follow_training() -> None:
+        try:
+            for event, data in training:
+                if event == "error":
+                    trainer_errors.append(str(data)[:200])
+                trainer_updates.append(event)
+        except (OSError, ValueError, AttributeError):  # it left: its connections were closed under the reader
+            pass
+
+    follower = threading.Thread(target=follow_training)
+    follower.start()
+    leaving = [i for i in range(args.clients) if i % 4 == 0]
+    staying = [i for i in range(args.clients) if i % 4]
+    threads = [threading.Thread(target=leaving_writer, args=(url, args.requests, vocab, args.timeout, leavers))
+               for _ in leaving]  # fmt: skip
+    threads += [threading.Thread(target=trained_writer, args=(v, set(text), args.requests, args.chars, trained_results))
+                for v in trained]  # fmt: skip
+    threads.append(threading.Thread(target=hostile, args=(url, args.timeout, refused, accepted, waiting)))
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    write_results, write_wall_s = run_phase(url, len(staying), args.requests, args.chars, vocab, args.timeout)
+    for thread in threads:
+        thread.join()
+    wall_s = time.perf_counter() - started
+    trainer.leave()  # the whole-run trainer closes its tab
+    follower.join(timeout=60)
+    for thread in waiting:
+        thread.join(timeout=args.timeout)
+    return {
+        "write": rounds_summary([(write_results, write_wall_s)], args.chars) | {"clients": len(staying)},
+        "trained": rounds_summary([(trained_results, wall_s)], args.chars) | {"clients": len(trained)},
+        "closing_after_first_update": {"clients": len(leaving), "first_updates": len(leavers.latencies),
+                                       "errors": len(leavers.errors), "malformed": len(leavers.malformed)},
+        "training": {"updates": len(trainer_updates), "errors": trainer_errors},
+        "hostile": {"refused_clearly": len(refused), "not_refused": accepted, "refusals": refused},
+    }  # fmt: skip
+
+
+def released(url: str, timeout: float, deadline_s: float = 120) -> tuple[dict, float]:
+    """/held once nothing is held (every row, model and training freed) or after `deadline_s`, and the
+    seconds it took."""
+    start = time.perf_counter()
+    while True:
+        counts = held(url, timeout)
+        freed = not any(counts[k] for k in ("rows", "waiting", "trained_models", "trainings"))
+        if freed or time.perf_counter() - start > deadline_s:
+            return counts, round(time.perf_counter() - start, 1)
+        time.sleep(0.5)
+
+
+def mixed_page(args: argparse.Namespace, vocab: str) -> dict:
+    """A fresh shipped page: the trained visitors train, then --crowds mixed crowds, then everyone
+    leaves; what the page still holds afterwards, and its resident memory along the way."""
+    text = load_text(DEFAULT_DATA)[:TRAIN_TEXT_CHARS]
+    page = Page(args.max_batch)
+    with page.started(args, vocab, args.served_before) as (process, url):
+        report: dict = {"rss_mb_before": resident_mb(process.pid)}
+        trained = [Visitor(url, args.timeout) for _ in range(TRAINED_VISITORS)]
+        for visitor in trained:
+            train(visitor, text, MIN_MINUTES)
+        report["rss_mb_after_training"] = resident_mb(process.pid)
+        report["crowds"] = []
+        for _ in range(args.crowds):
+            crowd = mixed_crowd(url, args, vocab, trained, text)
+            crowd["rss_mb_after"] = resident_mb(process.pid)
+            report["crowds"].append(crowd)
+        report["held_before_leaving"] = held(url, args.timeout)
+        for visitor in trained:
+            visitor.leave()
+        report["held_after"], report["seconds_to_release"] = released(url, args.timeout)
+        report["rss_mb_after_release"] = resident_mb(process.pid)
+        report["served_before"] = page.report.get("served_before", [])
+    return report
+
+
+def write_only_page(args: argparse.Namespace, vocab: str) -> dict:
+    """A fresh shipped page and --crowds Write-only crowds (as the default load), for comparison."""
+    page = Page(args.max_batch)
+    with page.started(args, vocab, args.served_before) as (process, url):
+        report: dict = {"rss_mb_before": resident_mb(process.pid), "crowds": []}
+        for _ in range(args.crowds):
+            results = run_phase(url, args.clients, args.requests, args.chars, vocab, args.timeout)
+            report["crowds"].append({"write": rounds_summary([results], args.chars) | {"clients": args.clients},
+                                     "rss_mb_after": resident_mb(process.pid)})  # fmt: skip
+        report["held_after"], report["seconds_to_release"] = released(url, args.timeout)
+        report["served_before"] = page.report.get("served_before", [])
+    return report
+
+
+def mixed(args: argparse.Namespace, vocab: str) -> dict:
+    """The Write-only crowd and the mixed crowd on fresh shipped pages, one after the other, and the checks."""
+    print(f"write-only: {args.crowds} crowd(s) of {args.clients} x {args.requests} x {args.chars} chars ...",
+          file=sys.stderr)  # fmt: skip
+    write_only = write_only_page(args, vocab)
+    print(f"mixed: {TRAINED_VISITORS} visitors train, then {args.crowds} mixed crowd(s) ...", file=sys.stderr)
+    crowd = mixed_page(args, vocab)
+    report = {"write_only": write_only, "mixed": crowd}
+    pairs = zip(crowd["crowds"], write_only["crowds"], strict=True)
+    report["write_chars_per_s_ratio"] = [round(m["write"]["chars_per_s"] / max(w["write"]["chars_per_s"], 1e-9), 2)
+                                         for m, w in pairs]  # fmt: skip
+    behaved = [c[part] for c in crowd["crowds"] for part in ("write", "trained")]
+    report["passed"] = (
+        all(not part["errors"] and not part["malformed"] for part in behaved)
+        and all(not c["training"]["errors"] and not c["hostile"]["not_refused"] for c in crowd["crowds"])
+        and not any(crowd["held_after"][k] for k in ("rows", "waiting", "trained_models", "trainings"))
+        and not any(write_only["held_after"][k] for k in ("rows", "waiting"))
+    )
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (threads)")
@@ -522,6 +816,11 @@ def main() -> int:
     parser.add_argument("--v1", action="store_true", help="instead: the load over /v1/completions (streamed), "
                         "over Gradio's API, on the one-at-a-time page, and the engine in this process with no "
                         "HTTP, side by side (the rounds rotate which goes first)")  # fmt: skip
+    parser.add_argument("--mixed", action="store_true", help="instead: the Write-only crowd, then the mixed crowd, "
+                        "each on a fresh shipped page (see the module doc)")  # fmt: skip
+    parser.add_argument("--crowds", type=int, default=2, help="with --mixed: crowds in a row on each page")
+    parser.add_argument("--train-minutes", type=float, default=MAX_MINUTES,
+                        help="with --mixed: the budget of the training that runs through each crowd")  # fmt: skip
     args = parser.parse_args()
 
     vocab = read_config(resolve(args.model) / CONFIG_FILE).vocab
@@ -532,6 +831,11 @@ def main() -> int:
     report["ceiling_chars_per_s"] = round(report["matmul_gflops_per_s"] * 1e9 / flops_per_char(args.model))
     if args.v1:
         return side_by_side(args, vocab, report)
+    if args.mixed:
+        report |= mixed(args, vocab)
+        report["load_average_after"] = load_average()
+        print(json.dumps(report))
+        return 0 if report["passed"] else 1
     pages = {"batched": Page(args.max_batch), "batching_off": Page(1)}
     load = f"{args.clients} x {args.requests} x {args.chars} chars"
     for r in range(args.rounds):

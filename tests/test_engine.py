@@ -96,6 +96,23 @@ def test_cancelling_one_leaves_the_others_alone_and_frees_its_row(sharp_model, t
     assert engine.decoder.sequences == []
 
 
+def test_a_finished_generation_frees_its_row_for_a_waiting_one(sharp_model, tokenizer):
+    backend = TorchBackend(sharp_model)
+    expected = [alone(backend, tokenizer, request, 20) for request in REQUESTS[:3]]
+    engine = Engine(backend, max_batch=2)
+    texts = []
+
+    def read_all() -> None:  # on a thread: a request that never gets a row would wait for ever
+        texts.extend(collect([through(engine, tokenizer, request, 20) for request in REQUESTS[:3]], tokenizer.vocab))
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(timeout=60)
+    assert texts == expected  # the third ran in a row one of the first two left
+    assert engine.most_running == 2 and engine.held() == {"rows": 0, "waiting": 0, "most_running": 2}
+    engine.close()
+
+
 def test_streams_update_less_often_only_when_the_engine_is_crowded(sharp_model, tokenizer):
     engine = Engine(TorchBackend(sharp_model), max_batch=2 * STREAM_CROWD)
     assert engine.pace(0.05) == 0.05

@@ -99,6 +99,12 @@ def test_uploads_must_be_utf8_text_within_the_size_limit(tmp_path):
     nul.write_bytes(b"text\x00with a NUL")
     with pytest.raises(InputError, match="binary"):
         read_upload(nul)
+    largest = tmp_path / "largest.txt"
+    largest.write_bytes(b"a" * MAX_UPLOAD_BYTES)
+    assert len(read_upload(largest)) == MAX_UPLOAD_BYTES
+    largest.write_bytes(b"a" * (MAX_UPLOAD_BYTES + 1))
+    with pytest.raises(InputError, match=r"largest\.txt is 5\.0 MB; the limit is 5 MB"):
+        read_upload(largest)
     huge = tmp_path / "huge.txt"
     with huge.open("wb") as f:
         f.truncate(100 * 2**20)  # a sparse 100 MB file: nothing is written

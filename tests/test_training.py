@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from dataclasses import fields
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from tinygpt.files.paths import DEFAULT_DATA
 from tinygpt.model.config import GPTConfig
 from tinygpt.training import trainer as training
 from tinygpt.training.data import get_batch, split
-from tinygpt.training.trainer import learning_rate, train
+from tinygpt.training.trainer import Trainer, learning_rate, train
 
 SMALL = dict(block_size=32, n_layer=2, n_head=4, n_embd=64, batch_size=16, dropout=0.0, eval_iters=4)
 
@@ -55,6 +56,16 @@ def test_learning_rate_warms_up_then_decays_to_min_lr():
     assert learning_rate(config, 50, 0.5) == pytest.approx(5.5e-4)
     assert learning_rate(config, 100, 1.0) == pytest.approx(1e-4)
     assert learning_rate(config, 150, 1.5) == pytest.approx(1e-4)
+
+
+def test_progress_is_the_further_of_the_steps_and_the_clock_used():
+    def progress(step: int, elapsed: float, **config) -> float:
+        return Trainer.progress(SimpleNamespace(config=GPTConfig(vocab="ab", **config), step=step, elapsed=elapsed))
+
+    assert progress(10, 30.0, max_iters=0, minutes=1) == pytest.approx(0.5)  # a budget: half its minute gone
+    assert progress(10, 60.0, max_iters=0, minutes=1) == pytest.approx(1.0)
+    assert progress(80, 30.0, max_iters=100, minutes=1) == pytest.approx(0.8)
+    assert progress(80, 1e6, max_iters=100, minutes=0) == pytest.approx(0.8)  # no budget: steps only
 
 
 def test_short_training_run_learns(small_corpus, tmp_path):

@@ -198,6 +198,10 @@ class GpuTrainingJob:
         """Ask the run to end after its current step; it still finishes and saves the model."""
         (self.out_dir / STOP_FILE).touch()
 
+    def abandon(self) -> None:
+        """Its visitor has left: a slice cannot be killed from here, so it stops after its current step."""
+        self.stop()
+
     def close(self) -> None:
         self.stop()
         self._events.close()

@@ -3,7 +3,9 @@
 One background thread owns the model's Decoder (`tinygpt.serving.generate`) and loops: let waiting requests
 join (each is prefilled into a free cache row), then one step, which gives every active sequence
 its next character in one batched forward pass, then hand each character to its request. A
-finished or cancelled request leaves at the next step boundary and frees its row; beyond
+finished or cancelled request leaves at the next step boundary and frees its row (a client that
+goes away: Gradio sees its connection close, stops its event at the next update, at most
+`pace(interval)` later, and closes the stream, which cancels the request); beyond
 `max_batch` requests wait their turn. At batch 1 a step reads every weight to make one character;
 the same reads serve all the sequences of a batch, so the machine's throughput grows with the batch
 while each person's pace slows only a little. On a crowded engine each stream takes its new
@@ -114,6 +116,8 @@ class Engine:
         self._waiting: collections.deque[Request] = collections.deque()
         self._active: dict[Sequence, Request] = {}
         self._next_backend: Backend | None = None
+        # The most sequences one step has decoded together: how much of the batch the page really uses.
+        self.most_running = 0
         self._wake = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="tinygpt-engine", daemon=True)
@@ -158,6 +162,10 @@ class Engine:
         """`interval`, stretched in proportion to the generations running beyond STREAM_CROWD."""
         return interval * max(1.0, len(self._active) / STREAM_CROWD)
 
+    def held(self) -> dict[str, int]:
+        """What the engine holds now: cache rows in use, requests waiting for one; and `most_running`."""
+        return {"rows": len(self.decoder.sequences), "waiting": len(self._waiting), "most_running": self.most_running}
+
     def close(self) -> None:
         """Stop the loop after the current step; requests still running end with an error."""
         with self._wake:
@@ -199,6 +207,7 @@ class Engine:
             if not request.cancelled:
                 self.decoder.add(request.sequence)
                 self._active[request.sequence] = request
+        self.most_running = max(self.most_running, len(self._active))
         for token in self.decoder.step():
             request = self._active[token.sequence]
             request.put(token)

@@ -12,7 +12,13 @@ Read top to bottom:
                        server's own process would change the Write tab's thread count as well. It
                        keeps the normal CPU priority: at the lowest (nice 19) a machine busy with
                        other work starved it (23 steps in a minute, against 255; README);
-  VisitorModels      - each session's trained model, freed when the session closes;
+  VisitorModels      - each session's trained model, freed when the session closes; a training
+                       whose session closes is killed then (nobody is left to use its model):
+                       Gradio runs the page's unload as soon as the tab's connection closes,
+                       and SIGKILL frees the process's memory at once; the Train tab deletes
+                       its folder when its stream ends, at once after the kill (or, when the
+                       stream drops first, at its next update: every UPDATE_INTERVAL_S while it
+                       trains);
   pack               - the download: one zip of model.safetensors, config.json and the card.
 """
 
@@ -265,6 +271,11 @@ class TrainingJob:
                 self.process.stdin.write("stop\n")
                 self.process.stdin.flush()
 
+    def abandon(self) -> None:
+        """End the run at once, keeping nothing (its visitor has left): the process is killed, so its
+        memory is the system's again as soon as the signal lands, with no final scoring or saving."""
+        self.process.kill()  # a no-op once it has been reaped
+
     def close(self, grace_s: float = 30) -> None:
         """Stop the process, by request, then by force after `grace_s`."""
         self.stop()
@@ -321,10 +332,10 @@ class VisitorModels:
             return self.models.get(session)
 
     def drop(self, session: str) -> None:
-        """Stop the session's training, if any, and delete its model."""
+        """End the session's training at once, if any (its stream then deletes its folder), and delete its model."""
         job = self.jobs.pop(session, None)
         if job:
-            job.stop()
+            job.abandon()
         with self.lock:
             old = self.models.pop(session, None)
         if old:

@@ -16,6 +16,7 @@ from tinygpt.files.checkpoint import CARD_FILE
 from tinygpt.model.tokenizer import CharTokenizer
 from tinygpt.serving.engine import Engine
 from tinygpt.serving.generate import MAX_NEW_TOKENS, MAX_SEED, MAX_TEMPERATURE, InputError, start
+from tinygpt.web.held import add_held_api
 from tinygpt.web.inside import Trace, candidates_at, inside_view
 from tinygpt.web.session_state_patch import start_sessions_lean
 from tinygpt.web.train_handlers import TrainSettings
@@ -150,9 +151,10 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
                         label="Confidence", show_legend=False, scale=3, elem_id="confidence"
                     )
                     candidates = gr.Label(label="Top-10 candidates", num_top_classes=10, scale=1, elem_id="candidates")
+        models = None
         if training:
             with gr.Tab("Train"):
-                build_train_tab(demo, training)
+                models = build_train_tab(demo, training)
         with gr.Tab("Model"):
             gr.Markdown(model_card_text(folder) if folder else "")
             curve = folder / "loss_curve.png" if folder else None
@@ -182,6 +184,7 @@ def build_demo(engine: Engine, folder: Path | None = None, training: TrainSettin
         stop.click(None, cancels=[event])
         confidence.select(candidates_at, inputs=trace, outputs=candidates, api_visibility="private")
         gr.api(make_generate(engine), api_name="generate", concurrency_limit=engine.max_batch, concurrency_id="model")
+        add_held_api(engine, models)  # /held: counts for load tests (tinygpt.web.held)
     start_sessions_lean(demo)  # an API call is a new session: it should not copy the whole page's config
     return demo
 

@@ -100,6 +100,7 @@ class TrainHandlers:
         yield update()
         job = settings.job(config, data, folder)
         models.jobs[session] = job
+        kept = False
         try:
             for event in job.events():
                 kind = event["event"]
@@ -123,6 +124,7 @@ class TrainHandlers:
             if models.jobs.get(session) is not job:  # the page was closed meanwhile (unload dropped the job)
                 return
             models.keep(session, VisitorModel(folder, load_model(folder).eval(), summary))
+            kept = True
             how = "stopped" if summary.get("stopped") else "trained"
             if "interrupted" in summary:  # a GPU call cut short (tinygpt.hub.zerogpu): what it had learned is kept
                 how = f"stopped by ZeroGPU ({summary['interrupted']})"
@@ -130,11 +132,12 @@ class TrainHandlers:
                                    f"validation loss {summary['val_loss']:.4f}")  # fmt: skip
             yield update(summary["val_loss"], str(pack(folder)))
         finally:
-            closed = models.jobs.get(session) is not job
-            if not closed:
+            if models.jobs.get(session) is job:
                 del models.jobs[session]
+            if not kept:  # it failed, or its visitor left (the page closed, the stream dropped): nobody will use it
+                job.abandon()
             job.close()
-            if closed:  # nobody is left to use what it trained
+            if not kept:
                 shutil.rmtree(folder, ignore_errors=True)
 
     def stop(self, session: str) -> None:

@@ -21,6 +21,12 @@ from tinygpt.training.data import load_text
 from tinygpt.training.playground import TrainingError, VisitorModels
 from tinygpt.web.train_handlers import PushError, TrainHandlers, TrainSettings, progress_html
 
+# Each kind of work has a concurrency group of its own. Gradio gives a group the lowest limit of the
+# events in it, so an event sharing the Write tab's group would cap every generation of the page.
+TRAIN_GROUP = "train"  # one training at a time: each takes a CPU for minutes
+TRAINED_GROUP = "trained_model"  # generations with visitors' own models, each on a worker thread
+TRAINED_GENERATIONS = 4
+
 
 @contextlib.contextmanager
 def shown_as_messages() -> Iterator[None]:
@@ -31,9 +37,9 @@ def shown_as_messages() -> Iterator[None]:
         raise gr.Error(str(err), print_exception=False) from None
 
 
-def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorModels | None = None) -> None:
+def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorModels | None = None) -> VisitorModels:
     """The tab's components and events, inside the caller's `with gr.Tab(...)`; `demo` gets the
-    unload event that frees the session's model. The trained models are kept in `models`."""
+    unload event that frees the session's model. The trained models are kept in `models` (returned)."""
     if models is None:
         models = VisitorModels()
         atexit.register(models.close)
@@ -108,13 +114,14 @@ def build_train_tab(demo: gr.Blocks, settings: TrainSettings, models: VisitorMod
     example.click(lambda: load_text(DEFAULT_DATA), None, text, api_visibility="private")
     # One training at a time (the queue shows the others their place); Stop is answered at once.
     train_button.click(train, [text, minutes], [progress, curve, sample, val_loss, download], api_name="train",
-                       concurrency_limit=1, concurrency_id="train", show_progress="minimal",
+                       concurrency_limit=1, concurrency_id=TRAIN_GROUP, show_progress="minimal",
                        show_progress_on=[progress])  # fmt: skip
     stop_button.click(stop, None, None, concurrency_limit=None, api_visibility="private")
     write_button.click(generate_trained, [prompt, max_new_tokens, temperature], written, api_name="generate_trained",
-                       concurrency_limit=1, concurrency_id="model")  # fmt: skip
+                       concurrency_limit=TRAINED_GENERATIONS, concurrency_id=TRAINED_GROUP)  # fmt: skip
 
     def forget(request: gr.Request) -> None:  # the visitor closed or reloaded the page
         handlers.forget(request.session_hash)
 
     demo.unload(forget)
+    return models
