@@ -86,7 +86,7 @@ def test_the_check_finds_a_group_shared_by_different_limits():
 def test_generating_with_a_trained_model_leaves_the_page_generating_together(page):
     url, engine = page
     newcomer = Client(url, verbose=False)
-    with pytest.raises(Exception, match="no trained model in this session"):
+    with pytest.raises(Exception, match="no trained model in your session"):
         newcomer.predict("", 10, 1.0, api_name="/generate_trained")  # an error: once, it still lowered the limit
     trainer = Client(url, verbose=False)
     text = words(LATIN, 3000, 8)
